@@ -1,0 +1,139 @@
+"""The VSML model configuration (reference sections 2-4).
+
+One frozen dataclass holds every switch of the model. Defaults are the
+reference defaults; presets for experiments are small named functions or
+files elsewhere. Unknown keys are errors (``VSMLConfig.from_dict``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from typing import Any, Literal
+
+BatchAverage = Literal["none", "full", "half"]
+Reduction = Literal["mean", "sum"]
+
+
+@dataclass(frozen=True)
+class VSMLConfig:
+    """Every option of the VSML network.
+
+    Attributes:
+        state_size: N, LSTM units per sub-RNN (16 default, 32 for cloning).
+        msg_size: M, numbers per forward / backward message (8).
+        micro_ticks: LSTM updates per layer visit on the same messages (2).
+        hidden: sizes of the hidden layers; input and output sizes come from
+            the data, so one V_M serves any (A, B). ``()`` = one dense layer.
+        shared_params: one V_M for every layer (True) or one per layer.
+        feed_label: put onehot(y) in channel 1 of the output error message.
+        backward_pass: after predicting, run a second tick in reverse layer
+            order on (x_t, e_t) so the error is absorbed in the same step.
+        layer_norm: LayerNorm (with learned gain and bias) on each cell's
+            outgoing messages, before the reduction over the grid.
+        output_channel: channel of the last forward message read as a logit.
+        tanh_bound: logits are soft-bounded: bound * tanh(y / bound).
+        reduction: how cell messages are pooled over the grid ("mean" default,
+            "sum" as written in the paper).
+        init_random: draw the first half of c from a truncated normal with
+            std ``init_scale / sqrt(A)``; if False the initial state is zero.
+        init_scale: multiplier of the initial-state std.
+        clip: after every step h and c are clipped to [-clip, clip]
+            (None disables clipping).
+        batch_average: averaging of the state over the examples of one learner
+            after every step: "none", "full" (whole state, paper) or "half"
+            (first N/2 units, public code).
+        input_gate_offset: fixed offset added to the input-gate pre-activation.
+        forget_gate_offset: fixed offset added to the forget-gate pre-activation.
+        coord_inputs: extra cell inputs a/(A-1) and b/(B-1) (paper appendix).
+        time_input: extra cell input log1p(t) / 10 with t the step count.
+        layer_input: extra cell input k / K for layer k of K (0-based k).
+    """
+
+    state_size: int = 16
+    msg_size: int = 8
+    micro_ticks: int = 2
+    hidden: tuple[int, ...] = ()
+    shared_params: bool = True
+    feed_label: bool = True
+    backward_pass: bool = False
+    layer_norm: bool = False
+    output_channel: int = 1
+    tanh_bound: float = 100.0
+    reduction: Reduction = "mean"
+    init_random: bool = True
+    init_scale: float = 1.0
+    clip: float | None = 4.0
+    batch_average: BatchAverage = "half"
+    input_gate_offset: float = -5.0
+    forget_gate_offset: float = 5.0
+    coord_inputs: bool = False
+    time_input: bool = False
+    layer_input: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        errors = []
+        if self.state_size < 2 or self.state_size % 2:
+            errors.append(f"state_size must be an even integer >= 2, got {self.state_size}")
+        if self.msg_size < 2:
+            errors.append(f"msg_size must be >= 2 (error and label channels), got {self.msg_size}")
+        if self.micro_ticks < 1:
+            errors.append(f"micro_ticks must be >= 1, got {self.micro_ticks}")
+        if any(h < 1 for h in self.hidden):
+            errors.append(f"hidden sizes must be >= 1, got {self.hidden}")
+        if not 0 <= self.output_channel < self.msg_size:
+            errors.append(f"output_channel must be in [0, {self.msg_size}), got {self.output_channel}")
+        if self.tanh_bound <= 0:
+            errors.append(f"tanh_bound must be > 0, got {self.tanh_bound}")
+        if self.reduction not in ("mean", "sum"):
+            errors.append(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if self.batch_average not in ("none", "full", "half"):
+            errors.append(f"batch_average must be 'none', 'full' or 'half', got {self.batch_average!r}")
+        if self.clip is not None and self.clip <= 0:
+            errors.append(f"clip must be > 0 or None, got {self.clip}")
+        if errors:
+            raise ValueError("invalid VSMLConfig: " + "; ".join(errors))
+
+    @property
+    def n_layers(self) -> int:
+        """K, the number of VSML layers (hidden layers + the output layer)."""
+        return len(self.hidden) + 1
+
+    @property
+    def n_extra_inputs(self) -> int:
+        """X, the number of extra cell inputs beyond the two messages."""
+        return 2 * self.coord_inputs + int(self.time_input) + int(self.layer_input)
+
+    @property
+    def cell_input_size(self) -> int:
+        """Size of u_ab = [fwd_in[a], bwd_in[b], extras]: 2M + X."""
+        return 2 * self.msg_size + self.n_extra_inputs
+
+    def layer_sizes(self, n_features: int, n_classes: int) -> list[tuple[int, int]]:
+        """The (A_k, B_k) grid of each layer for a given dataset shape."""
+        sizes = [n_features, *self.hidden, n_classes]
+        return list(itertools.pairwise(sizes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VSMLConfig:
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown VSMLConfig keys {unknown}; expected a subset of {sorted(known)}")
+        kw = dict(d)
+        if "hidden" in kw:
+            kw["hidden"] = tuple(kw["hidden"])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> VSMLConfig:
+        """A copy with some fields changed (validated like the constructor)."""
+        return VSMLConfig.from_dict({**self.to_dict(), **changes})
