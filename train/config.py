@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 BatchAverage = Literal["none", "full", "half"]
 Reduction = Literal["mean", "sum"]
+InitMode = Literal["random", "encoded"]
 
 
 @dataclass(frozen=True)
@@ -33,12 +34,19 @@ class VSMLConfig:
         layer_norm: LayerNorm (with learned gain and bias) on each cell's
             outgoing messages, before the reduction over the grid.
         output_channel: channel of the last forward message read as a logit.
-        tanh_bound: logits are soft-bounded: bound * tanh(y / bound).
+        tanh_bound: logits are soft-bounded: bound * tanh(gain * y / bound).
+        output_gain: gain applied to the output channel before the bound (1 in
+            the reference; a cloned backprop sets its imitated learning rate
+            through it without retraining).
         reduction: how cell messages are pooled over the grid ("mean" default,
             "sum" as written in the paper).
-        init_random: draw the first half of c from a truncated normal with
-            std ``init_scale / sqrt(A)``; if False the initial state is zero.
+        init_random: draw the initial state from a normal truncated at +-2
+            std with std ``init_scale / sqrt(A)``; if False the noise is zero.
         init_scale: multiplier of the initial-state std.
+        init_mode: "random" (reference): the draws fill the first N/2 units of
+            c, h = 0. "encoded": one draw w_ab per cell (a random weight) is
+            written into the state through learned vectors, c = w * init_enc_c,
+            h = w * init_enc_h (used by backprop cloning).
         clip: after every step h and c are clipped to [-clip, clip]
             (None disables clipping).
         batch_average: averaging of the state over the examples of one learner
@@ -61,9 +69,11 @@ class VSMLConfig:
     layer_norm: bool = False
     output_channel: int = 1
     tanh_bound: float = 100.0
+    output_gain: float = 1.0
     reduction: Reduction = "mean"
     init_random: bool = True
     init_scale: float = 1.0
+    init_mode: InitMode = "random"
     clip: float | None = 4.0
     batch_average: BatchAverage = "half"
     input_gate_offset: float = -5.0
@@ -91,6 +101,8 @@ class VSMLConfig:
             errors.append(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
         if self.batch_average not in ("none", "full", "half"):
             errors.append(f"batch_average must be 'none', 'full' or 'half', got {self.batch_average!r}")
+        if self.init_mode not in ("random", "encoded"):
+            errors.append(f"init_mode must be 'random' or 'encoded', got {self.init_mode!r}")
         if self.clip is not None and self.clip <= 0:
             errors.append(f"clip must be > 0 or None, got {self.clip}")
         if errors:

@@ -74,7 +74,7 @@ def run_episode(
         if seed is None:
             raise ValueError("run_episode needs a seed for the initial state (or an explicit state)")
         gen = torch.Generator().manual_seed(seed)
-        state = init_state(config, a, n_classes, p, e, generator=gen, dtype=x.dtype, device=x.device)
+        state = init_state(config, a, n_classes, p, e, generator=gen, params=params, dtype=x.dtype, device=x.device)
     fn = step_fn or make_step_fn(config)
     y1h = labels_to_onehot(y, n_classes, x.dtype)
     outs = []

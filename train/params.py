@@ -7,6 +7,7 @@ V_M is a ``dict[str, Tensor]``. Base shapes (U = 2M + X cell inputs):
     w_fwd    [N, M], b_fwd [M]   forward message head
     w_bwd    [N, M], b_bwd [M]   backward message head
     ln_fwd_g, ln_fwd_b, ln_bwd_g, ln_bwd_b  [M]   (only with layer_norm)
+    init_enc_c, init_enc_h  [N]   (only with init_mode "encoded")
 
 With ``shared_params=False`` every tensor gets a leading layer axis [K, ...].
 A population of P learners with their own V_M adds a leading [P, ...] axis in
@@ -38,6 +39,8 @@ def param_shapes(config: VSMLConfig) -> dict[str, tuple[int, ...]]:
     }
     if config.layer_norm:
         shapes.update({"ln_fwd_g": (m,), "ln_fwd_b": (m,), "ln_bwd_g": (m,), "ln_bwd_b": (m,)})
+    if config.init_mode == "encoded":
+        shapes.update({"init_enc_c": (n,), "init_enc_h": (n,)})
     if not config.shared_params:
         shapes = {k: (config.n_layers, *s) for k, s in shapes.items()}
     return shapes
@@ -56,6 +59,9 @@ def init_params(config: VSMLConfig, seed: int, dtype: torch.dtype = torch.float3
         if name.startswith("w_"):
             fan_in = shape[-2]
             t = torch.randn(shape, generator=gen, dtype=torch.float64) / math.sqrt(fan_in)
+        elif name == "init_enc_c":  # start like "random": the weight sits in unit 0 of c
+            t = torch.zeros(shape, dtype=torch.float64)
+            t[..., 0] = 1.0
         elif name.endswith("_g"):
             t = torch.ones(shape, dtype=torch.float64)
         else:

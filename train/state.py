@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .config import VSMLConfig
+from .params import Params
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,84 @@ def state_names(config: VSMLConfig) -> list[str]:
     return names
 
 
+def init_noise(
+    config: VSMLConfig,
+    n_features: int,
+    n_classes: int,
+    n_learners: int,
+    *,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+) -> list[Tensor]:
+    """Standard normal draws truncated at +-2, one [P, A_k, B_k, N/2] tensor per layer.
+
+    Drawn on the CPU in float64 from ``generator`` (device independent); zero
+    when ``init_random`` is off. This is the only randomness of a new episode:
+    ``state_from_noise`` turns it into the state.
+    """
+    if n_features < 1 or n_classes < 2:
+        raise ValueError(f"need n_features >= 1 and n_classes >= 2, got {n_features}, {n_classes}")
+    if n_learners < 1:
+        raise ValueError(f"need n_learners >= 1, got {n_learners}")
+    out = []
+    for a, b in config.layer_sizes(n_features, n_classes):
+        z = torch.zeros(n_learners, a, b, config.state_size // 2, dtype=torch.float64)
+        if config.init_random:
+            torch.nn.init.trunc_normal_(z, 0.0, 1.0, -2.0, 2.0, generator=generator)
+        out.append(z.to(dtype))
+    return out
+
+
+def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tensor], n_examples: int = 1) -> VSMLState:
+    """A fresh episode's state from ``init_noise`` (reference section 3, "Initial state").
+
+    Args:
+        params: V_M, needed only by init_mode "encoded" (base or [P, *base]).
+        noise: per layer [P, A_k, B_k, N/2] standard truncated normal draws.
+        n_examples: E; every example of a learner starts from the same state.
+    Returns:
+        "random": h = 0, c[..., :N/2] = noise * init_scale / sqrt(A_k), rest 0.
+        "encoded": w = noise[..., 0] * init_scale / sqrt(A_k) (one random weight
+        per cell), c = w * init_enc_c, h = w * init_enc_h.
+    """
+    if n_examples < 1:
+        raise ValueError(f"need n_examples >= 1, got {n_examples}")
+    n, m = config.state_size, config.msg_size
+    hs, cs, bwds = [], [], []
+    for k, z in enumerate(noise):
+        p, a, b, _ = z.shape
+        std = config.init_scale / math.sqrt(a)
+        if config.init_mode == "random":
+            c = torch.cat([z * std, torch.zeros_like(z)], dim=-1)  # [P, A, B, N]
+            h = torch.zeros_like(c)
+        else:
+            if params is None:
+                raise ValueError("init_mode 'encoded' needs V_M to build the initial state")
+            enc_c, enc_h = _layer_vec(params, "init_enc_c", k, config), _layer_vec(params, "init_enc_h", k, config)
+            w = (z[..., :1] * std).to(enc_c.dtype)  # [P, A, B, 1]
+            c, h = w * enc_c, w * enc_h
+        hs.append(h.unsqueeze(1).expand(p, n_examples, a, b, n))
+        cs.append(c.unsqueeze(1).expand(p, n_examples, a, b, n))
+        bwds.append(torch.zeros(p, n_examples, b, m, dtype=c.dtype, device=c.device))
+    p = noise[0].shape[0]
+    dt, dev = cs[0].dtype, cs[0].device
+    return VSMLState(
+        h=tuple(hs),
+        c=tuple(cs),
+        bwd=tuple(bwds) if not config.backward_pass else (),
+        t=torch.zeros(p, n_examples, dtype=dt, device=dev) if config.time_input else None,
+    )
+
+
+def _layer_vec(params: Params, name: str, k: int, config: VSMLConfig) -> Tensor:
+    """A [N] V_M vector of layer k, shaped [N] or [P, 1, 1, N] to broadcast over [P, A, B, N]."""
+    v = params[name]
+    has_pop = v.dim() == (1 if config.shared_params else 2) + 1
+    if not config.shared_params:
+        v = v[:, k] if has_pop else v[k]
+    return v.reshape(v.shape[0], 1, 1, -1) if has_pop else v
+
+
 def init_state(
     config: VSMLConfig,
     n_features: int,
@@ -91,38 +170,14 @@ def init_state(
     n_examples: int = 1,
     *,
     generator: torch.Generator,
+    params: Params | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> VSMLState:
-    """A fresh episode's state (reference section 3, "Initial state").
+    """A fresh episode's state: ``init_noise`` then ``state_from_noise``.
 
-    h = 0; the first N/2 units of c are drawn from a normal truncated at two
-    standard deviations with std ``init_scale / sqrt(A_k)``, one draw per
-    learner, shared by its E examples (like one random weight init); the rest
-    is 0. Draws happen on the CPU from ``generator`` so that results do not
-    depend on the device.
+    Each learner gets its own draw, shared by its E examples (one random
+    weight init per learner). Shapes as in the module docstring.
     """
-    if n_features < 1 or n_classes < 2:
-        raise ValueError(f"need n_features >= 1 and n_classes >= 2, got {n_features}, {n_classes}")
-    if n_learners < 1 or n_examples < 1:
-        raise ValueError(f"need n_learners >= 1 and n_examples >= 1, got {n_learners}, {n_examples}")
-    n, m = config.state_size, config.msg_size
-    p, e = n_learners, n_examples
-    hs, cs, bwds = [], [], []
-    for a, b in config.layer_sizes(n_features, n_classes):
-        h = torch.zeros(p, e, a, b, n, dtype=dtype)
-        c = torch.zeros(p, e, a, b, n, dtype=dtype)
-        if config.init_random:
-            std = config.init_scale / math.sqrt(a)
-            w = torch.empty(p, 1, a, b, n // 2, dtype=torch.float64)
-            torch.nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=generator)
-            c = torch.cat([w.to(dtype).expand(p, e, a, b, n // 2), c[..., n // 2 :]], dim=-1)
-        hs.append(h.to(device))
-        cs.append(c.to(device))
-        bwds.append(torch.zeros(p, e, b, m, dtype=dtype, device=device))
-    return VSMLState(
-        h=tuple(hs),
-        c=tuple(cs),
-        bwd=tuple(bwds) if not config.backward_pass else (),
-        t=torch.zeros(p, e, dtype=dtype, device=device) if config.time_input else None,
-    )
+    noise = init_noise(config, n_features, n_classes, n_learners, generator=generator, dtype=dtype)
+    return state_from_noise(config, params, [z.to(device) for z in noise], n_examples)

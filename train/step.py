@@ -273,7 +273,7 @@ def input_message(x: Tensor, config: VSMLConfig) -> Tensor:
 def read_logits(fwd_out: Tensor, config: VSMLConfig) -> Tensor:
     """Soft-bounded logits from the last forward message: [P, E, B, M] -> [P, E, B]."""
     bound = config.tanh_bound
-    return bound * torch.tanh(fwd_out[..., config.output_channel] / bound)
+    return bound * torch.tanh(config.output_gain * fwd_out[..., config.output_channel] / bound)
 
 
 def error_message(logits: Tensor, y: Tensor, config: VSMLConfig) -> Tensor:
