@@ -1,0 +1,48 @@
+"""The contract every meta-training method implements (reference section 6).
+
+A method is a small class with explicit state, so one run loop (progress,
+logging, periodic evaluation, checkpoints, resume, Ctrl-C) drives them all:
+
+    trainer = METHOD(config, options, seed=seed, init=params_or_None)
+    for it in range(start, iterations):
+        metrics = trainer.step(it)          # one meta-update; returns floats
+    trainer.params()                        # current V_M (base shapes)
+    trainer.state_dict() / load_state_dict()  # everything needed to resume
+                                            # bit-exactly: V_M, optimizer
+                                            # (Adam or CMA-ES), RNG states
+
+Population methods (ES, CMA-ES) work on a flat parameter vector with an
+ask / tell shape; gradient methods (BPTT, cloning) build a loss for
+``torch.optim``. A step's randomness comes only from (seed, iteration) and the
+trainer's own generators, which ``state_dict`` carries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..config import VSMLConfig
+from ..params import Params
+
+
+class Trainer(Protocol):
+    """One meta-training method with explicit, checkpointable state."""
+
+    name: str
+    config: VSMLConfig
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """Do meta-update number ``iteration``; return scalar metrics (``loss`` first)."""
+        ...
+
+    def params(self) -> Params:
+        """The current V_M, base shapes, detached."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-exactly (tensors, numbers, lists, dicts only)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        ...
