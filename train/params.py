@@ -97,6 +97,9 @@ def flatten(params: Params) -> Tensor:
 def unflatten(flat: Tensor, config: VSMLConfig) -> Params:
     """Inverse of ``flatten``. ``flat`` is [D] or [P, D] (population)."""
     shapes = param_shapes(config)
+    need = sum(math.prod(s) for s in shapes.values())
+    if flat.shape[-1] != need:
+        raise ValueError(f"flat V_M has {flat.shape[-1]} numbers, the config needs {need}")
     lead = tuple(flat.shape[:-1])
     out: Params = {}
     i = 0
@@ -104,8 +107,6 @@ def unflatten(flat: Tensor, config: VSMLConfig) -> Params:
         size = math.prod(shapes[k])
         out[k] = flat[..., i : i + size].reshape(*lead, *shapes[k])
         i += size
-    if i != flat.shape[-1]:
-        raise ValueError(f"flat V_M has {flat.shape[-1]} numbers, the config needs {i}")
     return out
 
 

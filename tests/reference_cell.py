@@ -1,0 +1,155 @@
+"""A direct, obviously correct per-cell VSML step, written from the reference text.
+
+Loops over learners p, examples e, cells (a, b); every sub-RNN is an explicit
+LSTM on u_ab = [fwd_in[a], bwd_in[b], extras] and h_ab. It shares nothing with
+``vsml_train.step`` but the config, the state container and the V_M layout, so
+it checks the fast and naive steps. Tiny sizes only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vsml_train.config import VSMLConfig
+from vsml_train.params import Params
+from vsml_train.state import VSMLState
+
+
+def _pget(params: Params, name: str, p: int, k: int, config: VSMLConfig, pop: bool) -> Tensor:
+    t = params[name]
+    if pop:
+        t = t[p]
+    if not config.shared_params:
+        t = t[k]
+    return t
+
+
+def _lstm(w: Tensor, bias: Tensor, u: Tensor, h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+    n = config.state_size
+    z = torch.cat([u, h]) @ w + bias
+    i, g, f, o = z[:n], z[n : 2 * n], z[2 * n : 3 * n], z[3 * n :]
+    i = torch.sigmoid(i + config.input_gate_offset)
+    f = torch.sigmoid(f + config.forget_gate_offset)
+    c = f * c + i * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def _head(h: Tensor, w: Tensor, b: Tensor, g: Tensor | None, beta: Tensor | None) -> Tensor:
+    m = h @ w + b
+    if g is not None:
+        mu = m.mean()
+        var = ((m - mu) ** 2).mean()
+        m = (m - mu) / torch.sqrt(var + 1e-5) * g + beta
+    return m
+
+
+def reference_step(
+    params: Params, state: VSMLState, x: Tensor, y: Tensor, config: VSMLConfig
+) -> tuple[VSMLState, Tensor]:
+    """Same contract as ``vsml_train.step.step``; x [P, E, A], y [P, E, B] one-hot."""
+    pop = params["b_gates"].dim() == (1 if config.shared_params else 2) + 1
+    P, E, _ = x.shape
+    K = config.n_layers
+    M, N = config.msg_size, config.state_size
+    # per-cell states as nested python lists of [N] tensors: h[k][p][e][a][b]
+    h = [[[[[state.h[k][p, e, a, b] for b in range(state.h[k].shape[3])] for a in range(state.h[k].shape[2])]
+           for e in range(E)] for p in range(P)] for k in range(K)]  # fmt: skip
+    c = [[[[[state.c[k][p, e, a, b] for b in range(state.c[k].shape[3])] for a in range(state.c[k].shape[2])]
+           for e in range(E)] for p in range(P)] for k in range(K)]  # fmt: skip
+    sizes = [(state.h[k].shape[2], state.h[k].shape[3]) for k in range(K)]
+    new_bwd = [[[None] * E for _ in range(P)] for _ in range(K)]
+    logits = torch.zeros(P, E, sizes[-1][1], dtype=x.dtype)
+
+    def extras(k: int, a: int, b: int, p: int, e: int) -> list[Tensor]:
+        A, B = sizes[k]
+        out = []
+        if config.coord_inputs:
+            out += [torch.tensor([a / max(A - 1, 1)], dtype=x.dtype), torch.tensor([b / max(B - 1, 1)], dtype=x.dtype)]
+        if config.time_input:
+            out.append((torch.log1p(state.t[p, e]) / 10).reshape(1))
+        if config.layer_input:
+            out.append(torch.tensor([k / K], dtype=x.dtype))
+        return out
+
+    def visit(k: int, p: int, e: int, fwd_in: list[Tensor], bwd_in: list[Tensor]) -> tuple[list, list]:
+        """Micro ticks of every cell of layer k; returns (fwd_out[b], bwd_out[a])."""
+        A, B = sizes[k]
+        w = _pget(params, "w_gates", p, k, config, pop)
+        bias = _pget(params, "b_gates", p, k, config, pop)
+        for a in range(A):
+            for b in range(B):
+                u = torch.cat([fwd_in[a], bwd_in[b], *extras(k, a, b, p, e)])
+                hh, cc = h[k][p][e][a][b], c[k][p][e][a][b]
+                for _ in range(config.micro_ticks):
+                    hh, cc = _lstm(w, bias, u, hh, cc, config)
+                h[k][p][e][a][b], c[k][p][e][a][b] = hh, cc
+        ln = config.layer_norm
+
+        def g(n: str) -> Tensor | None:
+            return _pget(params, n, p, k, config, pop) if ln else None
+
+        wf, bf = _pget(params, "w_fwd", p, k, config, pop), _pget(params, "b_fwd", p, k, config, pop)
+        wb, bb = _pget(params, "w_bwd", p, k, config, pop), _pget(params, "b_bwd", p, k, config, pop)
+        red = (lambda xs: sum(xs) / len(xs)) if config.reduction == "mean" else (lambda xs: sum(xs))
+        fwd_out = [
+            red([_head(h[k][p][e][a][b], wf, bf, g("ln_fwd_g"), g("ln_fwd_b")) for a in range(A)]) for b in range(B)
+        ]
+        bwd_out = [
+            red([_head(h[k][p][e][a][b], wb, bb, g("ln_bwd_g"), g("ln_bwd_b")) for b in range(B)]) for a in range(A)
+        ]
+        return fwd_out, bwd_out
+
+    def err_msg(lg: Tensor, yy: Tensor) -> list[Tensor]:
+        e = (torch.softmax(lg, 0) - yy) * yy.sum()
+        lab = yy if config.feed_label else torch.zeros_like(yy)
+        return [torch.cat([e[b : b + 1], lab[b : b + 1], torch.zeros(M - 2, dtype=x.dtype)]) for b in range(len(yy))]
+
+    zero = torch.zeros(M, dtype=x.dtype)
+    for p in range(P):
+        for e in range(E):
+            fwd = [torch.cat([x[p, e, a : a + 1], torch.zeros(M - 1, dtype=x.dtype)]) for a in range(x.shape[2])]
+            fwd_ins = []
+            for k in range(K):
+                B = sizes[k][1]
+                bwd_in = [zero] * B if config.backward_pass else [state.bwd[k][p, e, b] for b in range(B)]
+                fwd_ins.append(fwd)
+                fwd_out, bwd_out = visit(k, p, e, fwd, bwd_in)
+                if k > 0 and not config.backward_pass:
+                    new_bwd[k - 1][p][e] = torch.stack(bwd_out)
+                fwd = fwd_out
+            bound = config.tanh_bound
+            lg = torch.stack([bound * torch.tanh(config.output_gain * m[config.output_channel] / bound) for m in fwd])
+            logits[p, e] = lg
+            err = err_msg(lg, y[p, e])
+            if config.backward_pass:
+                bwd = err
+                for k in reversed(range(K)):
+                    _, bwd = visit(k, p, e, fwd_ins[k], bwd)
+            else:
+                new_bwd[K - 1][p][e] = torch.stack(err)
+    # batch averaging over examples, then clipping
+    hs, cs = [], []
+    for k in range(K):
+        A, B = sizes[k]
+        hk = torch.stack([torch.stack([torch.stack([torch.stack(h[k][p][e][a]) for a in range(A)]) for e in range(E)])
+                          for p in range(P)])  # fmt: skip
+        ck = torch.stack([torch.stack([torch.stack([torch.stack(c[k][p][e][a]) for a in range(A)]) for e in range(E)])
+                          for p in range(P)])  # fmt: skip
+        if config.batch_average != "none" and E > 1:
+            units = N if config.batch_average == "full" else N // 2
+            mask = torch.zeros(N, dtype=torch.bool)
+            mask[:units] = True
+            hk = torch.where(mask, hk.mean(1, keepdim=True), hk)
+            ck = torch.where(mask, ck.mean(1, keepdim=True), ck)
+        if config.clip is not None:
+            hk = hk.clamp(-config.clip, config.clip)
+            ck = ck.clamp(-config.clip, config.clip)
+        hs.append(hk)
+        cs.append(ck)
+    bwd_t: tuple[Tensor, ...] = ()
+    if not config.backward_pass:
+        bwd_t = tuple(torch.stack([torch.stack(new_bwd[k][p]) for p in range(P)]) for k in range(K))
+    t = None if state.t is None else state.t + 1
+    return VSMLState(h=tuple(hs), c=tuple(cs), bwd=bwd_t, t=t), logits
