@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from vsml_train.data import datasets
 from vsml_train.data.datasets import (
     DatasetNotFoundError,

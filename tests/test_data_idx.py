@@ -7,6 +7,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from vsml_train.data.idx import IDXFormatError, read_idx, read_image_label_pair, read_images, read_labels, write_idx
 
 
