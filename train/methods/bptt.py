@@ -1,0 +1,155 @@
+"""Meta-learning V_M by backpropagation through unrolled episodes (reference section 6.3).
+
+One update: S episodes (streams of the task mix) run as S learners that share
+one V_M (base-shaped parameters broadcast over the learner axis) in one
+``run_episode`` call; the meta-loss is the mean online cross-entropy over every
+step, example and episode; its gradient w.r.t. V_M flows back through the whole
+unrolled episode (or, with ``truncation`` K, only within windows of K steps:
+``run_episode`` detaches the state every K steps); the gradient norm is clipped
+and Adam applies it. Public config: Adam 1e-3, clip 25, 128 episodes per
+update, LayerNorm on the messages.
+
+Dimension letters: S episodes per update, T steps, E examples per step, A
+inputs, B classes, N state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import VSMLConfig
+from ..episode import make_step_fn, online_loss, run_episode
+from ..params import Params, check_params, init_params
+from ..state import state_from_noise
+from ..step import Impl
+from .es import cell_steps
+from .tasks import TaskOptions, TaskSource, derive_seed, member_noise
+
+_STATE = 2  # seed-derivation tag of the initial states
+
+
+@dataclass(frozen=True)
+class BpttOptions:
+    """Backprop-through-time hyper-parameters (public-code defaults).
+
+    Attributes:
+        episodes: S episodes per update (learners sharing V_M in one rollout).
+        lr: Adam learning rate.
+        betas: Adam betas.
+        grad_clip: clip the global gradient norm to this (None: no clipping).
+        truncation: detach the state every this many steps (None: full BPTT).
+        tasks: the episodes' task mix.
+        device: where the rollout runs.
+        impl: "fast" or "naive" step.
+        compile: ``torch.compile`` the step.
+    """
+
+    episodes: int = 128
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 25.0
+    truncation: int | None = None
+    tasks: TaskOptions = field(default_factory=TaskOptions)
+    device: str = "cpu"
+    impl: Impl = "fast"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.episodes < 1 or self.lr <= 0:
+            raise ValueError(f"need episodes >= 1 and lr > 0, got {self.episodes}, {self.lr}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.truncation is not None and self.truncation < 1:
+            raise ValueError(f"truncation must be >= 1 or None, got {self.truncation}")
+
+
+class BpttTrainer:
+    """Backprop through unrolled episodes with Adam (implements ``methods.base.Trainer``).
+
+    Args:
+        config: the model.
+        options: ``BpttOptions``.
+        seed: the run's seed; update i's episodes and initial states derive from (seed, i).
+        init: a starting V_M (base shapes); default ``init_params(config, seed)``.
+        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+    """
+
+    name = "bptt"
+
+    def __init__(
+        self,
+        config: VSMLConfig,
+        options: BpttOptions,
+        seed: int,
+        init: Params | None = None,
+        tasks: TaskSource | None = None,
+    ) -> None:
+        self.config, self.options, self.seed = config, options, seed
+        self.device = torch.device(options.device)
+        start = init if init is not None else init_params(config, seed)
+        if check_params(start, config) is not None:
+            raise ValueError("init must be one V_M (base shapes, no population axis)")
+        self.vm = {k: torch.nn.Parameter(v.detach().to(self.device, torch.float32).clone()) for k, v in start.items()}
+        self._names = sorted(self.vm)
+        self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=options.lr, betas=options.betas)
+        if tasks is None:
+            from .tasks import TaskMix  # the data layer is only needed for real tasks
+
+            tasks = TaskMix(options.tasks, seed)
+        self.tasks = tasks
+        self.step_fn = make_step_fn(config, options.impl, options.compile)
+
+    def loss(self, iteration: int) -> tuple[torch.Tensor, int]:
+        """The differentiable meta-loss of update ``iteration`` and its cell steps."""
+        s = self.options.episodes
+        ep = self.tasks.sample(iteration, 0, s).to(self.device)
+        keys = [derive_seed(self.seed, iteration, _STATE, i) for i in range(s)]
+        noise = member_noise(self.config, ep.x.shape[-1], ep.n_classes, keys)
+        state = state_from_noise(self.config, self.vm, [z.to(self.device) for z in noise], ep.x.shape[2])
+        res = run_episode(
+            self.vm,
+            self.config,
+            ep.x,
+            ep.y,
+            ep.n_classes,
+            state=state,
+            step_fn=self.step_fn,
+            keep_grad_every=self.options.truncation,
+        )
+        return online_loss(res.logits, ep.y).mean(), cell_steps(self.config, ep, s)
+
+    def step(self, iteration: int) -> dict[str, float]:
+        loss, work = self.loss(iteration)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [self.vm[k] for k in self._names]
+        if self.options.grad_clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.options.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        finite = bool(torch.isfinite(norm))
+        if finite:  # a non-finite gradient would poison Adam's moments: skip the update
+            self.opt.step()
+        return {
+            "loss": float(loss.detach()),
+            "grad_norm": float(norm),
+            "skipped": float(not finite),
+            "cell_steps": float(work),
+        }
+
+    def params(self) -> Params:
+        return {k: v.detach().to("cpu").clone() for k, v in self.vm.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": self.params(), "adam": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_params(state["params"], self.config)
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.vm[k].copy_(v.to(self.device))
+        self.opt.load_state_dict(state["adam"])
