@@ -15,6 +15,7 @@ inputs, B classes, N state.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,7 +131,8 @@ class BpttTrainer:
         if self.options.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.options.grad_clip)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            grads = [p.grad for p in params if p.grad is not None]  # unused heads get no gradient
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         finite = bool(torch.isfinite(norm))
         if finite:  # a non-finite gradient would poison Adam's moments: skip the update
             self.opt.step()
@@ -145,7 +147,8 @@ class BpttTrainer:
         return {k: v.detach().to("cpu").clone() for k, v in self.vm.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"params": self.params(), "adam": self.opt.state_dict()}
+        adam = copy.deepcopy(self.opt.state_dict())  # no aliasing of the live moments
+        return {"params": self.params(), "adam": adam}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_params(state["params"], self.config)

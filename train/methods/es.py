@@ -25,6 +25,7 @@ T steps, E examples per step, A inputs, B classes.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -276,7 +277,10 @@ class EsTrainer:
         return unflatten(flat, self.config)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"theta": self.theta.detach().to("cpu").clone(), "adam": self.opt.state_dict()}
+        return {
+            "theta": self.theta.detach().to("cpu").clone(),
+            "adam": copy.deepcopy(self.opt.state_dict()),
+        }  # no aliasing of live moments
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         theta = state["theta"]
