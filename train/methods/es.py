@@ -166,7 +166,10 @@ def population_loss(
     state = state_from_noise(config, params, [z.to(dev) for z in noise], episodes.x.shape[2])
     with torch.no_grad():
         res = run_episode(params, config, episodes.x, episodes.y, episodes.n_classes, state=state, step_fn=step_fn)
-        return online_loss(res.logits, episodes.y).mean(dim=(0, 2))
+        loss = online_loss(res.logits, episodes.y)  # [T, P, E]
+        # each learner's mean over one contiguous row: the same summation order whatever P is, so a
+        # member's fitness does not depend on which other members share its batch (or process)
+        return loss.permute(1, 0, 2).reshape(loss.shape[1], -1).contiguous().mean(-1)
 
 
 def cell_steps(config: VSMLConfig, episodes: Episodes, learners: int) -> int:
