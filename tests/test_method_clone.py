@@ -168,6 +168,21 @@ def test_resume_is_bit_exact() -> None:
     assert torch.equal(straight.pool.c, resumed.pool.c) and torch.equal(straight.pool.age, resumed.pool.age)
 
 
+def test_state_dict_is_a_snapshot() -> None:
+    """Training on after state_dict() must not change what it returned (no aliasing)."""
+    o = tiny()
+    tr = CloneTrainer(clone_config(o), o, seed=0)
+    for i in range(5):
+        tr.step(i)
+    snap = tr.state_dict()
+    kept = _roundtrip(snap)
+    for i in range(5, 7):
+        tr.step(i)
+    assert torch.equal(snap["pool"]["c"], kept["pool"]["c"])
+    moments = [s["exp_avg"] for s in snap["optimizer"]["state"].values()]
+    assert all(torch.equal(m, k["exp_avg"]) for m, k in zip(moments, kept["optimizer"]["state"].values(), strict=True))
+
+
 def test_load_rejects_other_options() -> None:
     o = tiny()
     tr = CloneTrainer(clone_config(o), o, seed=0)

@@ -24,6 +24,7 @@ Dimension letters as in ``clone_objective``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -267,13 +268,14 @@ class _Pool:
     age: Tensor
 
     def to_dict(self) -> dict[str, Tensor]:
+        """Copies of the tensors (the pool is updated in place)."""
         return {
-            "h": self.h,
-            "c": self.c,
-            "x_keep": self.tasks.x_keep,
-            "x_value": self.tasks.x_value,
-            "err_std": self.tasks.err_std,
-            "age": self.age,
+            "h": self.h.clone(),
+            "c": self.c.clone(),
+            "x_keep": self.tasks.x_keep.clone(),
+            "x_value": self.tasks.x_value.clone(),
+            "err_std": self.tasks.err_std.clone(),
+            "age": self.age.clone(),
         }
 
     @classmethod
@@ -382,7 +384,7 @@ class CloneTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """V_M, Adam state, the stage-2 pool (states, tasks, ages), options and seed."""
-        opt = self.optimizer.state_dict()
+        opt = copy.deepcopy(self.optimizer.state_dict())  # no aliasing of the live Adam moments
         groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in opt["param_groups"]]
         return {
             "method": self.name,
