@@ -1,0 +1,223 @@
+"""Export-tuned layer visit and batch averaging (reference sections 2 and 4).
+
+Same math as ``vsml_train.step.visit_fast`` and ``average_and_clip``,
+arranged for ONNX Runtime on CPU, where every op is one pass over memory and
+broadcasting along the innermost axis is very slow:
+
+* the gates are computed block by block (i, f, o, g each as its own
+  contiguous [P, E, A, B, N] tensor), so nothing slices the last axis;
+* the message part of the gate input is built without inner broadcasting:
+  ``fwd_in @ tile(W_f)`` gives [P, E, A, B * N] directly (one GEMM) and the
+  column part is added with an outer broadcast over A;
+* the reductions over the grid are matrix products (ones-vector for the mean
+  over A, a B-times tiled head matrix for the mean over B), which ORT runs as
+  GEMMs instead of slow strided reductions;
+* LayerNorm statistics are products with the all-ones M x M matrix / M and the
+  gain is a diagonal matrix, so the only broadcasts are scalars and the Gemm
+  bias;
+* batch averaging sits under ``torch.cond(E > 1)``, which the dynamo exporter
+  turns into an ONNX ``If``: with one example per step it costs nothing
+  (averaging one example is the identity).
+
+``export_kernels()`` swaps these into ``vsml_train.step`` while the exporter
+traces ``step``, so the exported graph is still one call of ``step`` (its
+schedule, boundary messages and logits are the traced originals). They are
+for tracing a single V_M (no population axis). The parity tests compare them
+with ``visit_fast`` in PyTorch and the exported graph with ``step``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from unittest import mock
+
+import torch
+from torch import Tensor
+
+from vsml_train.config import VSMLConfig
+from vsml_train.params import Params
+
+# the module (``vsml_train.step`` as an attribute is the function of the same name)
+step_module = importlib.import_module("vsml_train.step")
+
+# column blocks of w_gates in its (i, g, f, o) order
+_I, _G, _F, _O = 0, 1, 2, 3
+
+
+def _block(w: Tensor, j: int, n: int) -> Tensor:
+    """Gate block j (columns j*N .. (j+1)*N) of a [..., 4N] weight or bias."""
+    return w[..., j * n : (j + 1) * n]
+
+
+def _sum_over_a(x: Tensor) -> Tensor:
+    """Sum over A of [P, E, A, B, K] as a product with a ones vector -> [P, E, B, K]."""
+    p, e, a, b, k = x.shape
+    ones = torch.ones_like(x[0, 0, :, 0, 0]).unsqueeze(0)  # [1, A]
+    return (ones @ x.reshape(p * e, a, b * k)).reshape(p, e, b, k)
+
+
+def _layer_norm_mm(m: Tensor, g: Tensor, b: Tensor) -> Tensor:
+    """LayerNorm over the last axis (size M) with matrix products for the statistics.
+
+    m [..., M] -> [..., M]; same formula as ``vsml_train.step._layer_norm``
+    (biased variance, eps 1e-5 inside the square root).
+    """
+    size = m.shape[-1]
+    avg = torch.full((size, size), 1.0 / size, dtype=m.dtype, device=m.device)
+    d = m - m @ avg
+    out = d * torch.rsqrt((d * d) @ avg + 1e-5)
+    return out @ torch.diag(g) + b
+
+
+def _check_base(p: Params) -> None:
+    if p["w_gates"].dim() != 2:
+        raise ValueError("export kernels trace one V_M: w_gates must be [U + N, 4N] (no population axis)")
+
+
+def visit_export(
+    p: Params,
+    h: Tensor,
+    c: Tensor,
+    fwd_in: Tensor,
+    bwd_in: Tensor | None,
+    extras: tuple[Tensor | None, Tensor | None],
+    config: VSMLConfig,
+    want_fwd: bool,
+    want_bwd: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One layer visit (signature and results of ``vsml_train.step.visit_fast``).
+
+    Args:
+        p: this layer's V_M, base shapes.
+        h, c: [P, E, A, B, N].
+        fwd_in: [P, E, A, M]; bwd_in: [P, E, B, M] or None (zeros).
+        extras: (row [A, Xr] or None, column [P, E, B, Xc] or None).
+    Returns:
+        h, c [P, E, A, B, N]; fwd_out [P, E, B, M] or None; bwd_out [P, E, A, M] or None.
+    """
+    _check_base(p)
+    n = config.state_size
+    pp, e, a, b = h.shape[0], h.shape[1], h.shape[2], h.shape[3]
+    w = step_module._split_rows(p, config)
+    bias = step_module._gate_bias(p, config)  # [4N]
+    row_x, col_x = extras
+    xr = 0 if row_x is None else row_x.shape[-1]
+    z_in: dict[int, Tensor] = {}
+    for j in (_I, _F, _O, _G):
+        # row term fwd_in[a] @ W_f, laid out [P, E, A, B*N] by a B-times tiled weight: one GEMM
+        row = fwd_in @ _block(w["f"], j, n).repeat(1, b)
+        if row_x is not None:
+            row = row + row_x @ _block(w["x"][:xr], j, n).repeat(1, b)  # [A, B*N], outer broadcast
+        col = _block(bias, j, n).expand(pp, e, b, n)
+        if bwd_in is not None:
+            col = col + bwd_in @ _block(w["b"], j, n)
+        if col_x is not None:
+            col = col + col_x @ _block(w["x"][xr:], j, n)
+        z_in[j] = (row + col.reshape(pp, e, 1, b * n)).reshape(pp, e, a, b, n)
+    w_h = {j: _block(w["h"], j, n) for j in (_I, _F, _O, _G)}
+    for _ in range(config.micro_ticks):
+        i_g = torch.sigmoid(z_in[_I] + h @ w_h[_I])
+        f_g = torch.sigmoid(z_in[_F] + h @ w_h[_F])
+        o_g = torch.sigmoid(z_in[_O] + h @ w_h[_O])
+        g_g = torch.tanh(z_in[_G] + h @ w_h[_G])
+        c = f_g * c + i_g * g_g
+        h = o_g * torch.tanh(c)
+    fwd_out = bwd_out = None
+    if config.layer_norm:
+        if want_fwd:
+            m = _layer_norm_mm(h @ p["w_fwd"] + p["b_fwd"], p["ln_fwd_g"], p["ln_fwd_b"])  # [P, E, A, B, M]
+            fwd_out = _sum_over_a(m)
+            if config.reduction == "mean":
+                fwd_out = fwd_out / a
+        if want_bwd:
+            m = _layer_norm_mm(h @ p["w_bwd"] + p["b_bwd"], p["ln_bwd_g"], p["ln_bwd_b"])
+            mm = m.shape[-1]
+            eye = torch.eye(mm, dtype=m.dtype, device=m.device).repeat(b, 1)  # [B*M, M]: sum over B
+            bwd_out = m.reshape(pp, e, a, b * mm) @ eye
+            if config.reduction == "mean":
+                bwd_out = bwd_out / b
+    else:
+        # heads are linear: reduce the states first, then apply the head
+        if want_fwd:
+            hs = _sum_over_a(h)  # [P, E, B, N]
+            if config.reduction == "mean":
+                fwd_out = (hs / a) @ p["w_fwd"] + p["b_fwd"]
+            else:
+                fwd_out = hs @ p["w_fwd"] + p["b_fwd"] * a
+        if want_bwd:
+            head = p["w_bwd"].repeat(b, 1)  # [B*N, M]: sum over B fused into the head
+            hb = h.reshape(pp, e, a, b * n) @ head
+            bwd_out = hb / b + p["b_bwd"] if config.reduction == "mean" else hb + p["b_bwd"] * b
+    return h, c, fwd_out, bwd_out
+
+
+def _average_units(s: Tensor, k: int) -> Tensor:
+    """Replace units [:k] of s [P, E, A, B, N] by their mean over E (the mean as a GEMM)."""
+    p, e = s.shape[0], s.shape[1]
+    first = s[..., :k] if k < s.shape[-1] else s
+    ones = torch.ones_like(s[0, :, 0, 0, 0]).unsqueeze(0)  # [1, E]
+    mean = (ones @ first.reshape(p, e, -1)) / e  # [P, 1, A*B*k]
+    shared = mean.reshape(p, 1, first.shape[2], first.shape[3], first.shape[4]).expand_as(first)
+    if k == s.shape[-1]:
+        return shared
+    return torch.cat([shared, s[..., k:]], dim=-1)
+
+
+@torch.jit.script
+def _average_if_batched(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Average units [:k] over E when E > 1 (scripted: the legacy exporter emits an ONNX If)."""
+    if h.shape[1] > 1:
+        return _average_units(h, k), _average_units(c, k)
+    return h, c
+
+
+def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+    """``vsml_train.step.average_and_clip`` with the averaging under an ``If (E > 1)``.
+
+    The dynamo exporter sees ``torch.cond``, the TorchScript one a scripted
+    function; both become an ONNX ``If``, so one example per step skips the
+    averaging (which is the identity there).
+    """
+    if config.batch_average != "none":
+        k = h.shape[-1] if config.batch_average == "full" else h.shape[-1] // 2
+        if _TRACING_DYNAMO:
+
+            def average(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+                return _average_units(h, k), _average_units(c, k)
+
+            def keep(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+                return h.clone(), c.clone()
+
+            h, c = torch.cond(h.shape[1] > 1, average, keep, (h, c))
+        elif torch.jit.is_tracing():
+            h, c = _average_if_batched(h, c, k)
+        elif h.shape[1] > 1:
+            h, c = _average_units(h, k), _average_units(c, k)
+    if config.clip is not None:
+        h = h.clamp(-config.clip, config.clip)
+        c = c.clamp(-config.clip, config.clip)
+    return h, c
+
+
+_TRACING_DYNAMO = False
+
+
+@contextlib.contextmanager
+def export_kernels(dynamo: bool) -> Iterator[str]:
+    """Swap the export kernels into ``vsml_train.step`` for tracing; yields the ``impl`` name to pass to ``step``."""
+    global _TRACING_DYNAMO
+    old = _TRACING_DYNAMO
+    _TRACING_DYNAMO = dynamo
+    try:
+        with (
+            mock.patch.dict(step_module.VISITS, {"export": visit_export}),
+            mock.patch.object(step_module, "average_and_clip", average_and_clip_export),
+        ):
+            yield "export"
+    finally:
+        _TRACING_DYNAMO = old
+
+
+__all__ = ["average_and_clip_export", "export_kernels", "visit_export"]

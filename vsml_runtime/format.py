@@ -1,0 +1,235 @@
+"""The exported-model format: file names, metadata keys and their parsing.
+
+Shared by the exporter (which writes it) and the runtime (which reads it);
+imports nothing but the standard library, so ``vsml_export`` can use it
+without pulling in ONNX Runtime and ``vsml_runtime`` without torch.
+
+An exported model is two ONNX files side by side:
+
+* ``model.onnx``: one VSML step. Inputs: the state tensors (names in
+  ``state_names``, layout in ``state_layout``), ``x`` [P, E, A] float32 and
+  ``y`` [P, E] int64 labels (-1 = no label). Outputs: ``new_<name>`` for
+  every state tensor, then ``logits`` [P, E, B] (made before ``y`` is used).
+* ``model.init.onnx``: the initial state. Inputs: ``noise_k`` [P, A_k, B_k, H]
+  (H = N / 2) of standard-normal noise truncated at +-2, drawn by the
+  runtime, and ``examples`` [E] (only its length is used). Outputs: the state
+  tensors, named as the step's inputs.
+
+Both carry the same metadata (``metadata_props``, all values strings, JSON
+where structured) under the keys below.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = "vsml-onnx"
+FORMAT_VERSION = 1
+
+K_FORMAT = "vsml.format"
+K_FORMAT_VERSION = "vsml.format_version"
+K_GRAPH = "vsml.graph"  # "step" or "init"
+K_PROJECT_VERSION = "vsml.project_version"
+K_CONFIG = "vsml.config"  # VSMLConfig.to_dict() as JSON, after export-time overrides
+K_CLIP = "vsml.clip"  # JSON number or null
+K_BATCH_AVERAGE = "vsml.batch_average"  # "none" | "full" | "half"
+K_STATE = "vsml.state"  # JSON, see StateSpec
+K_INIT = "vsml.init"  # JSON, see InitSpec
+K_PARAMS_SHA256 = "vsml.params_sha256"
+K_OPSET = "vsml.opset"
+K_INPUTS = "vsml.inputs"  # JSON list of input names in order
+K_OUTPUTS = "vsml.outputs"  # JSON list of output names in order
+K_EXPORTER = "vsml.exporter"
+K_INIT_FILE = "vsml.init_file"  # step graph only: file name of the init graph (same folder)
+K_INIT_SHA256 = "vsml.init_sha256"  # step graph only: sha256 of that file's bytes
+K_INPUT_CONTRACT = "vsml.input_contract"  # JSON, see InputContract
+K_MODEL_META = "vsml.model_meta"  # JSON: the model.pt's free-form metadata
+
+X_NAME = "x"
+Y_NAME = "y"
+LOGITS_NAME = "logits"
+EXAMPLES_NAME = "examples"
+NEW_PREFIX = "new_"
+
+
+def init_path_for(step_path: str | Path) -> Path:
+    """``model.onnx`` -> ``model.init.onnx`` (``name`` -> ``name.init.onnx`` otherwise)."""
+    p = Path(step_path)
+    if p.suffix == ".onnx":
+        return p.with_name(p.stem + ".init.onnx")
+    return p.with_name(p.name + ".init.onnx")
+
+
+class FormatError(ValueError):
+    """An ONNX file is not an exported VSML model, or its metadata is inconsistent."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """Names and layout of the state tensors.
+
+    ``layout[name]`` lists the axes of each tensor: "P", "E", size names from
+    ``sizes`` (first = features "A", last = classes "B", hidden layers
+    between) and fixed sizes "N" / "M" given in ``dims``.
+    """
+
+    names: tuple[str, ...]
+    layout: dict[str, tuple[str, ...]]
+    sizes: tuple[str, ...]  # e.g. ("A", "H1", "B")
+    dims: dict[str, int]  # fixed: N, M, H, and the config's hidden sizes H1.. as defaults
+    dtype: str = "float32"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "names": list(self.names),
+                "layout": {k: list(v) for k, v in self.layout.items()},
+                "sizes": list(self.sizes),
+                "dims": self.dims,
+                "dtype": self.dtype,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> StateSpec:
+        d = json.loads(text)
+        return cls(
+            names=tuple(d["names"]),
+            layout={k: tuple(v) for k, v in d["layout"].items()},
+            sizes=tuple(d["sizes"]),
+            dims={k: int(v) for k, v in d["dims"].items()},
+            dtype=d.get("dtype", "float32"),
+        )
+
+    def resolve(self, n_features: int, n_classes: int, n_learners: int, n_examples: int) -> dict[str, tuple[int, ...]]:
+        """Concrete shape of every state tensor."""
+        dims = dict(self.dims)
+        dims.update({self.sizes[0]: n_features, self.sizes[-1]: n_classes, "P": n_learners, "E": n_examples})
+        return {name: tuple(dims[a] for a in self.layout[name]) for name in self.names}
+
+    def layer_sizes(self, n_features: int, n_classes: int) -> list[int]:
+        """[A, hidden..., B] for the given data shape."""
+        return [n_features, *(self.dims[s] for s in self.sizes[1:-1]), n_classes]
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How the runtime draws the noise of the init graph."""
+
+    noise_inputs: tuple[str, ...]
+    noise_layout: tuple[str, ...]  # ("P", "A_k", "B_k", "H"): sizes of layer k, H = N / 2
+    distribution: str  # "truncated_normal"
+    low: float
+    high: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "noise_inputs": list(self.noise_inputs),
+                "noise_layout": list(self.noise_layout),
+                "distribution": self.distribution,
+                "low": self.low,
+                "high": self.high,
+                "examples_input": EXAMPLES_NAME,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> InitSpec:
+        d = json.loads(text)
+        return cls(
+            noise_inputs=tuple(d["noise_inputs"]),
+            noise_layout=tuple(d["noise_layout"]),
+            distribution=d["distribution"],
+            low=float(d["low"]),
+            high=float(d["high"]),
+        )
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What the model expects its inputs to look like.
+
+    VSML is meta-trained on inputs standardised with ONE scalar mean and std
+    per dataset (reference section 7): roughly zero mean, unit variance per
+    feature. ``mean`` / ``std`` are the statistics used in meta-training when
+    the model file recorded them (None otherwise).
+    """
+
+    standardized: str = "scalar"
+    mean: float | None = None
+    std: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"standardized": self.standardized, "mean": self.mean, "std": self.std}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> InputContract:
+        d = json.loads(text)
+        return cls(standardized=d.get("standardized", "scalar"), mean=d.get("mean"), std=d.get("std"))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The parsed metadata of an exported step graph."""
+
+    graph: str
+    project_version: str
+    config: dict[str, Any]
+    clip: float | None
+    batch_average: str
+    state: StateSpec
+    init: InitSpec
+    params_sha256: str
+    opset: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    exporter: str
+    input_contract: InputContract
+    init_file: str | None
+    init_sha256: str | None
+    model_meta: dict[str, Any]
+
+    @property
+    def state_size(self) -> int:
+        return int(self.state.dims["N"])
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.state.sizes) - 1
+
+
+def parse_metadata(props: dict[str, str], where: str = "model") -> ModelInfo:
+    """Parse ``metadata_props`` (a plain dict); raises ``FormatError`` naming what is wrong."""
+    if props.get(K_FORMAT) != FORMAT:
+        raise FormatError(f"{where} is not an exported VSML model (metadata {K_FORMAT!r} != {FORMAT!r})")
+    version = props.get(K_FORMAT_VERSION)
+    if version != str(FORMAT_VERSION):
+        raise FormatError(f"{where} has format version {version}, this runtime reads {FORMAT_VERSION}")
+    try:
+        clip = json.loads(props[K_CLIP])
+        return ModelInfo(
+            graph=props[K_GRAPH],
+            project_version=props[K_PROJECT_VERSION],
+            config=json.loads(props[K_CONFIG]),
+            clip=None if clip is None else float(clip),
+            batch_average=props[K_BATCH_AVERAGE],
+            state=StateSpec.from_json(props[K_STATE]),
+            init=InitSpec.from_json(props[K_INIT]),
+            params_sha256=props[K_PARAMS_SHA256],
+            opset=int(props[K_OPSET]),
+            inputs=tuple(json.loads(props[K_INPUTS])),
+            outputs=tuple(json.loads(props[K_OUTPUTS])),
+            exporter=props.get(K_EXPORTER, "unknown"),
+            input_contract=InputContract.from_json(props.get(K_INPUT_CONTRACT, "{}")),
+            init_file=props.get(K_INIT_FILE),
+            init_sha256=props.get(K_INIT_SHA256),
+            model_meta=json.loads(props.get(K_MODEL_META, "{}")),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FormatError(f"{where}: incomplete or malformed VSML metadata: {exc!r}") from exc
