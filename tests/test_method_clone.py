@@ -213,9 +213,11 @@ def test_clone_errors_keys() -> None:
         "fwd_centered_rel",
         "bwd_rel",
         "update_rel",
+        "update_centered_rel",
         "weight_err_updates",
         "init_err_updates",
         "long_drift_rel",
+        "long_drift_centered_rel",
         "long_fwd_rel",
     }
     assert all(math.isfinite(v) for v in errs.values())

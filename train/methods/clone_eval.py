@@ -65,8 +65,11 @@ def clone_errors(
         weight_err_updates: RMS error of the stored weight after ``steps``, in
             units of the update scale.
         init_err_updates: the same for the encoded initial weight.
+        update_centered_rel: the same after removing each row's mean (an
+            input-only drift changes every logit alike: harmless for one layer).
         long_drift_rel: after ``long_steps`` without re-anchoring, RMS of
             (stored - SGD weight) relative to the RMS of the SGD weight's total change.
+        long_drift_centered_rel: the same, both centered within rows.
         long_fwd_rel: forward-output error over the last 100 of those steps.
     """
     o = options
@@ -94,12 +97,23 @@ def clone_errors(
             out["bwd_rel"] = _rel_rmse(roll.bwd, tgt.bwd)
             stored = torch.cat([w0.unsqueeze(0), roll.unit])  # [T + 1, P]; w0 as the encoding should store it
             out["update_rel"] = _rel_rmse(stored.diff(dim=0), tgt.w.diff(dim=0))
+            d_s, d_t = (
+                stored.diff(dim=0).reshape(t_steps, -1, o.row_size),
+                tgt.w.diff(dim=0).reshape(t_steps, -1, o.row_size),
+            )
+            out["update_centered_rel"] = _rel_rmse(d_s - d_s.mean(2, keepdim=True), d_t - d_t.mean(2, keepdim=True))
             out["weight_err_updates"] = float((roll.unit[-1] - tgt.w[-1]).pow(2).mean().sqrt() / o.update_scale)
             init_err = c[:, 0, 0, 0, o.weight_unit] - w0
             out["init_err_updates"] = float(init_err.pow(2).mean().sqrt() / o.update_scale)
         else:
             change = (tgt.w[-1] - tgt.w[0]).pow(2).mean().sqrt()
             out["long_drift_rel"] = float((roll.unit[-1] - tgt.w[-1]).pow(2).mean().sqrt() / change)
+            drift = (roll.unit[-1] - tgt.w[-1]).reshape(-1, o.row_size)
+            delta = (tgt.w[-1] - tgt.w[0]).reshape(-1, o.row_size)
+            centered = (drift - drift.mean(1, keepdim=True)).pow(2).mean().sqrt()
+            out["long_drift_centered_rel"] = float(
+                centered / (delta - delta.mean(1, keepdim=True)).pow(2).mean().sqrt()
+            )
             out["long_fwd_rel"] = _rel_rmse(roll.fwd[-100:], tgt.fwd[-100:])
     return out
 
