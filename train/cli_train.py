@@ -187,3 +187,7 @@ def run_spec(
 def main() -> None:
     """Entry point of `vsml-train`."""
     cli()
+
+
+if __name__ == "__main__":
+    main()
