@@ -18,10 +18,14 @@ Pipeline (``export_model``):
    exporter, fails the export instead of shipping;
 5. write both files atomically (temp files + rename), init first.
 
-Exporters: ``dynamo`` (``torch.onnx.export(..., dynamo=True)``, the default:
-it keeps every size symbolic, turns the E > 1 averaging test into an ONNX
-``If`` and gave the fastest graph) or ``legacy`` (TorchScript tracer; its
-graph always runs the averaging, which is exact but costs a pass at E = 1).
+Exporters: ``legacy`` (the TorchScript tracer, ``dynamo=False``; the default)
+and ``dynamo`` (``torch.export``). Both give graphs of the same speed in ONNX
+Runtime (the tuned kernels make the E > 1 averaging an ONNX ``If`` in both).
+The default is the legacy tracer because it exports in about a second where
+dynamo takes tens of seconds, and because dynamo was seen to bake a
+dynamic size into the graph silently (``math.sqrt`` of a symbolic size in
+``state_from_noise`` specialised A to the trace value without an error); the
+verification step catches such graphs whichever exporter made them.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from vsml_runtime import format as fmt
 from vsml_train import __version__ as project_version
 from vsml_train.config import BatchAverage, VSMLConfig
 from vsml_train.model_file import ModelFile, ModelFileError, load_model, params_hash
-from vsml_train.state import init_state, state_names
+from vsml_train.state import init_noise, init_state, state_from_noise, state_names
 
 from .kernels import export_kernels
 from .module import InitModule, StepModule
@@ -77,7 +81,7 @@ class ExportOptions:
 
     Attributes:
         opset: ONNX opset of the default domain (18..20).
-        exporter: "dynamo" (default) or "legacy" (TorchScript tracer).
+        exporter: "legacy" (TorchScript tracer, default) or "dynamo" (torch.export).
         clip: override of the state clip bound (None disables); default: the model's.
         batch_average: override of the averaging mode; default: the model's.
         tuned: trace with the export-tuned kernels (``kernels.py``); False
@@ -86,7 +90,7 @@ class ExportOptions:
     """
 
     opset: int = 18
-    exporter: Exporter = "dynamo"
+    exporter: Exporter = "legacy"
     clip: float | object | None = _UNSET
     batch_average: BatchAverage | object = _UNSET
     tuned: bool = True
@@ -156,11 +160,13 @@ def apply_overrides(config: VSMLConfig, options: ExportOptions) -> VSMLConfig:
 # tracing
 
 
-def _example_state(config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int) -> dict[str, Tensor]:
+def _example_state(
+    params: dict[str, Tensor], config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int
+) -> dict[str, Tensor]:
     """A random state (non-zero h, c, bwd, t) with the given layer sizes."""
     cfg = config.replace(hidden=tuple(sizes[1:-1]))
     gen = torch.Generator().manual_seed(seed)
-    st = init_state(cfg, sizes[0], sizes[-1], p, e, generator=gen).to_dict()
+    st = init_state(cfg, sizes[0], sizes[-1], p, e, generator=gen, params=params).to_dict()
     out = {}
     for name, t in st.items():
         out[name] = (torch.rand(t.shape, generator=gen) * 2 - 1) * (0.9 if name != "t" else 0) + t
@@ -169,9 +175,11 @@ def _example_state(config: VSMLConfig, p: int, e: int, sizes: list[int], seed: i
     return out
 
 
-def _step_args(config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int) -> tuple[Tensor, ...]:
+def _step_args(
+    params: dict[str, Tensor], config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int
+) -> tuple[Tensor, ...]:
     gen = torch.Generator().manual_seed(seed + 1)
-    st = _example_state(config, p, e, sizes, seed)
+    st = _example_state(params, config, p, e, sizes, seed)
     x = torch.randn(p, e, sizes[0], generator=gen)
     y = torch.randint(-1, sizes[-1], (p, e), generator=gen)
     return (*(st[n] for n in state_names(config)), x, y)
@@ -250,7 +258,7 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     axes = [dict(enumerate(spec.layout[n])) for n in names]
     axes = [{i: a for i, a in ax.items() if a not in ("N", "M")} for ax in axes]
     axes += [{0: "P", 1: "E", 2: spec.sizes[0]}, {0: "P", 1: "E"}]
-    args = _step_args(config, _TRACE_P, _TRACE_E, _trace_sizes(config), seed=0)
+    args = _step_args(params, config, _TRACE_P, _TRACE_E, _trace_sizes(config), seed=0)
     dynamo = options.exporter == "dynamo"
     with _quiet(), torch.no_grad():
         if options.tuned:
@@ -261,7 +269,7 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
         return _to_onnx(module, args, inputs, outputs, axes, options)
 
 
-def trace_init(config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
+def trace_init(params: dict[str, Tensor], config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
     """The init graph (no metadata yet)."""
     spec = state_spec(config)
     ispec = init_spec(config)
@@ -272,9 +280,8 @@ def trace_init(config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
     args = (*noise, torch.zeros(_TRACE_E))
     axes = [{0: "P", 1: spec.sizes[k], 2: spec.sizes[k + 1]} for k in range(config.n_layers)] + [{0: "E"}]
     with _quiet(), torch.no_grad():
-        return _to_onnx(
-            InitModule(config).eval(), args, [*ispec.noise_inputs, fmt.EXAMPLES_NAME], list(spec.names), axes, options
-        )
+        module = InitModule(params, config).eval()
+        return _to_onnx(module, args, [*ispec.noise_inputs, fmt.EXAMPLES_NAME], list(spec.names), axes, options)
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +371,7 @@ def verify(
     worst = 0.0
     for i, (p, e, a, b, hidden) in enumerate(_VERIFY_SIZES):
         sizes = [a, *hidden[: len(config.hidden)], b]
-        args = _step_args(config, p, e, sizes, seed=10 + i)
+        args = _step_args(params, config, p, e, sizes, seed=10 + i)
         state = dict(zip(names, args[: len(names)], strict=True))
         gen = torch.Generator().manual_seed(20 + i)
         for t in range(n_steps):
@@ -386,32 +393,29 @@ def verify(
                     )
                 worst = max(worst, err)
             state = dict(zip(names, ref[: len(names)], strict=True))
-        worst = max(worst, _verify_init(init_sess, config, p, e, sizes, seed=30 + i))
+        worst = max(worst, _verify_init(init_sess, params, config, p, e, sizes, seed=30 + i))
     return worst
 
 
-def _verify_init(sess: object, config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int) -> float:
-    """Init graph vs ``init_state``: same draws (recovered from init_state's c) give the same state."""
+def _verify_init(
+    sess: object, params: dict[str, Tensor], config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int
+) -> float:
+    """Init graph vs ``state_from_noise`` on the same ``init_noise`` draws."""
     cfg = config.replace(hidden=tuple(sizes[1:-1]))
-    ref = init_state(cfg, sizes[0], sizes[-1], p, e, generator=torch.Generator().manual_seed(seed)).to_dict()
-    h = config.state_size // 2
-    noise = []
-    for k, a in enumerate(sizes[:-1]):
-        if config.init_random:
-            std = config.init_scale / float(np.sqrt(a))
-            noise.append((ref[f"c_{k}"][:, 0, ..., :h] / std).numpy().astype(np.float32))
-        else:
-            noise.append(np.zeros((p, a, sizes[k + 1], h), np.float32))
-    feed = {f"noise_{k}": z for k, z in enumerate(noise)} | {fmt.EXAMPLES_NAME: np.zeros(e, np.float32)}
+    noise = init_noise(cfg, sizes[0], sizes[-1], p, generator=torch.Generator().manual_seed(seed))
+    ref = state_from_noise(cfg, params, noise, e).to_dict()
+    feed = {f"noise_{k}": z.numpy() for k, z in enumerate(noise)} | {fmt.EXAMPLES_NAME: np.zeros(e, np.float32)}
     got = sess.run(None, feed)  # type: ignore[attr-defined]
     worst = 0.0
     for name, g in zip(state_names(config), got, strict=True):
         r = ref[name].numpy()
         if g.shape != r.shape:
-            raise ExportError(f"init verification: {name} has shape {g.shape}, init_state gives {r.shape}")
+            raise ExportError(f"init verification: {name} has shape {g.shape}, state_from_noise gives {r.shape}")
         err = float(np.max(np.abs(g - r))) if g.size else 0.0
         if not err <= 1e-6:
-            raise ExportError(f"init verification failed: {name} differs from init_state by {err:.3g}")
+            raise ExportError(
+                f"init verification failed: {name} differs from state_from_noise by {err:.3g} at sizes {sizes}"
+            )
         worst = max(worst, err)
     return worst
 
@@ -461,7 +465,7 @@ def export_graphs(model: ModelFile, options: ExportOptions) -> tuple[onnx.ModelP
     params = {k: v.detach().to(torch.float32) for k, v in model.params.items()}
     try:
         step_graph = trace_step(params, config, options)
-        init_graph = trace_init(config, options)
+        init_graph = trace_init(params, config, options)
     except ExportError:
         raise
     except Exception as exc:  # the exporters raise many kinds

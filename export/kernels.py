@@ -15,8 +15,9 @@ broadcasting along the innermost axis is very slow:
 * LayerNorm statistics are products with the all-ones M x M matrix / M and the
   gain is a diagonal matrix, so the only broadcasts are scalars and the Gemm
   bias;
-* batch averaging sits under ``torch.cond(E > 1)``, which the dynamo exporter
-  turns into an ONNX ``If``: with one example per step it costs nothing
+* batch averaging sits under a test E > 1 that both exporters turn into an
+  ONNX ``If`` (``torch.cond`` for dynamo, a scripted function for the
+  TorchScript tracer): with one example per step it costs nothing
   (averaging one example is the identity).
 
 ``export_kernels()`` swaps these into ``vsml_train.step`` while the exporter
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import warnings
 from collections.abc import Iterator
 from unittest import mock
 
@@ -68,7 +70,7 @@ def _layer_norm_mm(m: Tensor, g: Tensor, b: Tensor) -> Tensor:
     avg = torch.full((size, size), 1.0 / size, dtype=m.dtype, device=m.device)
     d = m - m @ avg
     out = d * torch.rsqrt((d * d) @ avg + 1e-5)
-    return out @ torch.diag(g) + b
+    return out @ (torch.eye(size, dtype=m.dtype, device=m.device) * g) + b  # diag(g): a GEMM, no inner broadcast
 
 
 def _check_base(p: Params) -> None:
@@ -165,12 +167,16 @@ def _average_units(s: Tensor, k: int) -> Tensor:
     return torch.cat([shared, s[..., k:]], dim=-1)
 
 
-@torch.jit.script
-def _average_if_batched(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Average units [:k] over E when E > 1 (scripted: the legacy exporter emits an ONNX If)."""
+def _average_if_batched_py(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Average units [:k] over E when E > 1 (scripted below: the legacy exporter emits an ONNX If)."""
     if h.shape[1] > 1:
         return _average_units(h, k), _average_units(c, k)
     return h, c
+
+
+with warnings.catch_warnings():  # torch.jit.script is deprecated, but it is how the TorchScript tracer gets an If
+    warnings.simplefilter("ignore", DeprecationWarning)
+    _average_if_batched = torch.jit.script(_average_if_batched_py)
 
 
 def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:

@@ -9,14 +9,14 @@ constants; its flat positional signature (state tensors in
 graph's inputs. Labels arrive as int64 with -1 = "no label" and become one-hot
 inside the graph, so the runtime never computes anything about the model.
 
-``InitModule`` maps standard-normal noise truncated at +-2 to a fresh state
-(reference section 3, "Initial state"); the runtime only draws the noise.
+``InitModule`` maps standard normal noise truncated at +-2 to a fresh state
+(``vsml_train.state.state_from_noise``, reference section 3, "Initial
+state"); the runtime only draws the noise.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vsml_train.config import VSMLConfig
@@ -75,34 +75,38 @@ class StepModule(torch.nn.Module):
         return (*(d[name] for name in self.names), logits)
 
 
-def init_from_noise(config: VSMLConfig, noise: list[Tensor], examples: Tensor) -> VSMLState:
-    """A fresh state from truncated standard-normal noise (traceable, dynamic sizes).
+def state_from_noise_traceable(config: VSMLConfig, params: Params, noise: list[Tensor], examples: Tensor) -> VSMLState:
+    """``vsml_train.state.state_from_noise`` written so that every size stays symbolic when traced.
+
+    The original computes std = init_scale / math.sqrt(A_k) in Python, which a
+    tracer bakes in as the trace-time A. Here A_k is read as a float64 tensor
+    from the noise's shape, so the graph works for any A; the arithmetic
+    (float64 sqrt and division, then float32) gives the same float32 numbers.
+    The exporter verifies this function's graph against ``state_from_noise``.
 
     Args:
-        noise: per layer k, [P, A_k, B_k, H] draws of a standard normal
-            truncated at +-2 (values ignored when ``config.init_random`` is
-            False).
-        examples: [E] tensor whose LENGTH is the number of examples per step
-            the state is laid out for (values ignored).
-    Returns:
-        the state ``vsml_train.state.init_state`` builds from the same draws:
-        h = 0; c[..., :H] = noise * init_scale / sqrt(A_k), shared by the E
-        examples; c[..., H:] = 0; bwd = 0; t = 0.
+        noise: per layer k, [P, A_k, B_k, H] standard normal draws truncated at +-2.
+        examples: [E]; only its length is used.
     """
     n, m = config.state_size, config.msg_size
     e = examples.shape[0]
     hs, cs, bwds = [], [], []
-    for z in noise:  # [P, A, B, H]
-        if config.init_random:
-            a = torch.ones_like(z[0, :, 0, 0]).sum()  # A as a float scalar (stays a dynamic axis)
-            w = z * (config.init_scale * torch.rsqrt(a))
+    for k, z in enumerate(noise):
+        a_f = torch.ones_like(z[0, :, 0, 0], dtype=torch.float64).sum()  # A_k, symbolic
+        std = (config.init_scale / torch.sqrt(a_f)).to(z.dtype)
+        if config.init_mode == "random":
+            c = torch.cat([z * std, torch.zeros_like(z)], dim=-1)  # [P, A, B, N]
+            h = torch.zeros_like(c)
         else:
-            w = torch.zeros_like(z)
-        c = F.pad(w, (0, n - z.shape[-1]))  # [P, A, B, N]
-        cs.append(c.unsqueeze(1).expand(-1, e, -1, -1, -1))
-        hs.append(torch.zeros_like(c).unsqueeze(1).expand(-1, e, -1, -1, -1))
+            enc_c, enc_h = params["init_enc_c"], params["init_enc_h"]
+            if not config.shared_params:
+                enc_c, enc_h = enc_c[k], enc_h[k]
+            w = z[..., :1] * std  # [P, A, B, 1]: one random weight per cell
+            c, h = w * enc_c, w * enc_h
+        hs.append(h.unsqueeze(1).expand(-1, e, -1, -1, n))
+        cs.append(c.unsqueeze(1).expand(-1, e, -1, -1, n))
         b0 = torch.zeros_like(z[:, 0, :, :1])  # [P, B, 1]
-        bwds.append(F.pad(b0, (0, m - 1)).unsqueeze(1).expand(-1, e, -1, -1))
+        bwds.append(torch.cat([b0] * m, dim=-1).unsqueeze(1).expand(-1, e, -1, -1))
     t = torch.zeros_like(examples, dtype=noise[0].dtype).unsqueeze(0).expand(noise[0].shape[0], -1)
     return VSMLState(
         h=tuple(hs),
@@ -113,16 +117,25 @@ def init_from_noise(config: VSMLConfig, noise: list[Tensor], examples: Tensor) -
 
 
 class InitModule(torch.nn.Module):
-    """forward(*noise, examples) -> fresh state tensors in ``state_names`` order (see ``init_from_noise``)."""
+    """forward(*noise, examples) -> fresh state tensors in ``state_names`` order.
 
-    def __init__(self, config: VSMLConfig) -> None:
+    ``state_from_noise`` with V_M frozen in: noise_k [P, A_k, B_k, H] standard
+    normal truncated at +-2, examples [E] (only its length is used: every
+    example starts from the same state).
+    """
+
+    def __init__(self, params: Params, config: VSMLConfig) -> None:
         super().__init__()
         self.config = config
         self.names = state_names(config)
+        self._param_names = sorted(params)
+        for name in self._param_names:
+            self.register_buffer(f"vm_{name}", params[name].detach().to(torch.float32).clone())
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         k = self.config.n_layers
         if len(inputs) != k + 1:
             raise TypeError(f"InitModule expects {k} noise tensors and examples; got {len(inputs)} tensors")
-        d = init_from_noise(self.config, list(inputs[:k]), inputs[k]).to_dict()
+        params = {name: getattr(self, f"vm_{name}") for name in self._param_names}
+        d = state_from_noise_traceable(self.config, params, list(inputs[:k]), inputs[k]).to_dict()
         return tuple(d[name] for name in self.names)

@@ -1,0 +1,155 @@
+"""Parity of the exported step (ONNX Runtime) with the PyTorch step, step by step.
+
+From the same state, 20 consecutive steps (each fed the PyTorch state), the
+logits and every state tensor agree within 1e-5, for one and two layers, one
+and several examples per step, every batch-averaging mode, with and without
+the backward pass and LayerNorm. The export-tuned kernels are also compared
+with ``visit_fast`` directly in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from vsml_export.exporter import ExportOptions, export_graphs
+from vsml_export.kernels import average_and_clip_export, visit_export
+from vsml_export.module import StepModule
+from vsml_train.config import VSMLConfig
+from vsml_train.model_file import ModelFile
+from vsml_train.params import init_params
+from vsml_train.state import init_state, state_names
+from vsml_train.step import _extras, average_and_clip, input_message, layer_params, visit_fast
+
+TOL = 1e-5
+
+# each config once per feature, and some in combination (tiny sizes keep this fast)
+CONFIGS = {
+    "default": {},
+    "none-ln": {"batch_average": "none", "layer_norm": True},
+    "full-bp": {"batch_average": "full", "backward_pass": True},
+    "deep-half-ln-bp": {"hidden": (5,), "layer_norm": True, "backward_pass": True},
+    "deep-none": {"hidden": (4,), "batch_average": "none"},
+    "deep-full-ln-perlayer": {"hidden": (3,), "batch_average": "full", "layer_norm": True, "shared_params": False},
+    "extras-sum-noclip": {
+        "coord_inputs": True,
+        "time_input": True,
+        "layer_input": True,
+        "reduction": "sum",
+        "clip": None,
+        "feed_label": False,
+    },
+    "n32-encoded-gain": {"state_size": 32, "init_mode": "encoded", "output_gain": 3.0, "micro_ticks": 3},
+}
+
+
+def _model(overrides: dict, seed: int = 0) -> ModelFile:
+    config = VSMLConfig(**overrides)
+    params = init_params(config, seed)
+    # make biases and LN parameters non-trivial so that every term is exercised
+    gen = torch.Generator().manual_seed(seed + 1)
+    params = {k: v if k.startswith("w_") else v + 0.3 * torch.randn(v.shape, generator=gen) for k, v in params.items()}
+    return ModelFile(config=config, params=params, meta={})
+
+
+def _session(graph: object) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+
+def step_parity(model: ModelFile, sess: ort.InferenceSession, p: int, e: int, sizes: list[int], steps: int) -> float:
+    """Max |ORT - torch| over ``steps`` consecutive steps, each from the torch state; asserts TOL."""
+    config = model.config
+    names = state_names(config)
+    cfg = config.replace(hidden=tuple(sizes[1:-1]))
+    gen = torch.Generator().manual_seed(5)
+    state = init_state(cfg, sizes[0], sizes[-1], p, e, generator=gen, params=model.params).to_dict()
+    module = StepModule(model.params, config)
+    worst = 0.0
+    for t in range(steps):
+        x = torch.randn(p, e, sizes[0], generator=gen) * (4.0 if t % 7 == 3 else 1.0)
+        y = torch.randint(-1, sizes[-1], (p, e), generator=gen)
+        with torch.no_grad():
+            ref = module(*(state[n] for n in names), x, y)
+        feed = {n: v.numpy() for n, v in state.items()} | {"x": x.numpy(), "y": y.numpy()}
+        got = sess.run(None, feed)
+        for name, g, r in zip([*names, "logits"], got, ref, strict=True):
+            assert g.shape == tuple(r.shape), name
+            err = float(np.abs(g - r.numpy()).max())
+            assert err <= TOL, f"step {t}: {name} differs by {err}"
+            worst = max(worst, err)
+        state = dict(zip(names, ref[: len(names)], strict=True))
+    return worst
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_exported_step_matches_torch_for_20_steps(name: str) -> None:
+    model = _model(CONFIGS[name])
+    step_graph, _, _ = export_graphs(model, ExportOptions(verify=False))
+    sess = _session(step_graph)
+    hidden = list(model.config.hidden)
+    for p, e, a, b in ((1, 1, 6, 3), (2, 3, 9, 4)):
+        worst = step_parity(model, sess, p, e, [a, *hidden, b], steps=20)
+        print(f"{name} P={p} E={e}: max |ORT - torch| over 20 steps = {worst:.2e}")
+
+
+def test_untuned_export_matches_torch() -> None:
+    """The plain trace of ``visit_fast`` (--untuned) computes the same numbers."""
+    model = _model({"hidden": (3,), "layer_norm": True})
+    step_graph, _, _ = export_graphs(model, ExportOptions(verify=False, tuned=False))
+    step_parity(model, _session(step_graph), 2, 3, [5, 3, 4], steps=20)
+
+
+@pytest.mark.parametrize("opset", [18, 19, 20])
+def test_each_opset_exports_and_matches(opset: int) -> None:
+    model = _model({})
+    step_graph, _init_graph, err = export_graphs(model, ExportOptions(opset=opset))
+    assert err is not None and err <= TOL
+    assert {o.domain: o.version for o in step_graph.opset_import}[""] == opset
+
+
+@pytest.mark.parametrize("name", ["default", "none-ln", "deep-half-ln-bp", "extras-sum-noclip", "n32-encoded-gain"])
+def test_export_kernels_equal_visit_fast_in_float64(name: str) -> None:
+    """``visit_export`` and ``average_and_clip_export`` against the step's originals, float64."""
+    model = _model(CONFIGS[name])
+    config = model.config
+    params = {k: v.double() for k, v in model.params.items()}
+    gen = torch.Generator().manual_seed(3)
+    p, e = 2, 3
+    sizes = [7, *config.hidden, 4]
+    cfg = config.replace(hidden=tuple(sizes[1:-1]))
+    st = init_state(cfg, sizes[0], sizes[-1], p, e, generator=gen, params=params, dtype=torch.float64)
+    t = torch.full((p, e), 5.0, dtype=torch.float64)
+    for k in range(config.n_layers):
+        a, b = sizes[k], sizes[k + 1]
+        pk = layer_params(params, k, config)
+        h = st.h[k] + 0.5 * torch.randn(st.h[k].shape, generator=gen, dtype=torch.float64)
+        c = st.c[k] + 0.5 * torch.randn(st.c[k].shape, generator=gen, dtype=torch.float64)
+        fwd_in = input_message(torch.randn(p, e, a, generator=gen, dtype=torch.float64), config)
+        fwd_in = fwd_in + 0.3 * torch.randn(fwd_in.shape, generator=gen, dtype=torch.float64)
+        bwd_in = torch.randn(p, e, b, config.msg_size, generator=gen, dtype=torch.float64)
+        extras = _extras(config, k, a, b, t, fwd_in)
+        for bwd in (bwd_in, None):
+            ref = visit_fast(pk, h, c, fwd_in, bwd, extras, config, True, True)
+            got = visit_export(pk, h, c, fwd_in, bwd, extras, config, True, True)
+            for r, g in zip(ref, got, strict=True):
+                assert r is not None and g is not None
+                torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+        ref_avg = average_and_clip(h * 3, c * 3, config)
+        for r, g in zip(ref_avg, average_and_clip_export(h * 3, c * 3, config), strict=True):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["default", "deep-half-ln-bp", "extras-sum-noclip"])
+def test_dynamo_export_matches_torch_for_20_steps(name: str) -> None:
+    """The torch.export-based exporter, same checks (slow: it takes tens of seconds per graph)."""
+    model = _model(CONFIGS[name])
+    step_graph, _, _ = export_graphs(model, ExportOptions(exporter="dynamo"))
+    sess = _session(step_graph)
+    hidden = list(model.config.hidden)
+    for p, e, a, b in ((1, 1, 6, 3), (2, 3, 9, 4)):
+        step_parity(model, sess, p, e, [a, *hidden, b], steps=20)
