@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor
+
 from vsml_train.sparse_shared import check_grid, dense_matrix, dense_step, tile_bias, vs_step
 
 # (A, B, N): square, wide (A < B), single-cell, single-row and N = 1 grids
