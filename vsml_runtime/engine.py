@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,43 +50,82 @@ INPUT_LIMIT = 1e6  # inputs are clipped to +-INPUT_LIMIT: float32 products canno
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class LoadedModel:
+    """Both graphs of one exported model, as ONNX Runtime sessions (shared by learners)."""
+
     info: fmt.ModelInfo
-    step_bytes: bytes
-    init_bytes: bytes
+    session: ort.InferenceSession  # the step, on ``device``
+    device: str  # "cpu" | "cuda"
+    init_session: ort.InferenceSession  # the initial state, always on CPU
     path: Path
 
 
-def load_files(model_path: str | os.PathLike[str]) -> _Loaded:
-    """Read ``model.onnx`` and its init graph; check that they belong together."""
+_CACHE: OrderedDict[tuple[Any, ...], LoadedModel] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 16
+
+
+def load_model(model_path: str | os.PathLike[str], device: Device, threads: int) -> LoadedModel:
+    """Sessions for ``model.onnx`` and its init graph, checked to belong together.
+
+    ONNX Runtime sessions are safe to run from several threads, so learners
+    of the same file, device and thread count share them (a small cache keyed
+    by path, size and modification time); every learner keeps its own state
+    and IOBindings.
+    """
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist (export one with `vsml-export model.pt {path}`)")
+    st = path.stat()
+    init = fmt.init_path_for(path)
+    init_st = (init.stat().st_size, init.stat().st_mtime_ns) if init.is_file() else None
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, init_st, str(device).lower(), int(threads))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    loaded = _load_uncached(path, device, threads)
+    with _CACHE_LOCK:
+        _CACHE[key] = loaded
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return loaded
+
+
+def _load_uncached(path: Path, device: Device, threads: int) -> LoadedModel:
     step_bytes = path.read_bytes()
-    info = _metadata_of(step_bytes, str(path))
+    session, where = _open(step_bytes, str(path), lambda b: make_session(b, device, threads))
+    info = fmt.parse_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
     if info.graph != "step":
         raise fmt.FormatError(f"{path} holds the {info.graph!r} graph; pass the step graph (model.onnx)")
-    init_path = path.with_name(info.init_file) if info.init_file else fmt.init_path_for(path)
+    # <stem>.init.onnx next to the step graph, else the name recorded at export (the sha256 decides)
+    candidates = [fmt.init_path_for(path)] + ([path.with_name(info.init_file)] if info.init_file else [])
+    init_path = next((c for c in candidates if c.is_file()), candidates[0])
     if not init_path.is_file():
         raise FileNotFoundError(f"{path} needs its init graph {init_path} (written next to it by vsml-export)")
     init_bytes = init_path.read_bytes()
     if info.init_sha256 and hashlib.sha256(init_bytes).hexdigest() != info.init_sha256:
         raise fmt.FormatError(f"{init_path} is not the init graph exported with {path} (sha256 differs)")
-    init_info = _metadata_of(init_bytes, str(init_path))
+    init_session, _ = _open(
+        init_bytes,
+        str(init_path),
+        lambda b: (ort.InferenceSession(b, _session_options(1), providers=["CPUExecutionProvider"]), "cpu"),
+    )
+    init_info = fmt.parse_metadata(dict(init_session.get_modelmeta().custom_metadata_map), str(init_path))
     if init_info.params_sha256 != info.params_sha256:
         raise fmt.FormatError(f"{init_path} and {path} come from different models (V_M hashes differ)")
-    return _Loaded(info=info, step_bytes=step_bytes, init_bytes=init_bytes, path=path)
+    return LoadedModel(info=info, session=session, device=where, init_session=init_session, path=path)
 
 
-def _metadata_of(model_bytes: bytes, where: str) -> fmt.ModelInfo:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+def _open(model_bytes: bytes, where: str, make: Any) -> tuple[ort.InferenceSession, str]:
     try:
-        sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        return make(model_bytes)
+    except RuntimeError as exc:
+        if "CUDA is not usable" in str(exc):
+            raise
+        raise fmt.FormatError(f"{where} is not a readable ONNX model: {exc}") from exc
     except Exception as exc:  # ORT raises its own exception types for unreadable files
         raise fmt.FormatError(f"{where} is not a readable ONNX model: {exc}") from exc
-    return fmt.parse_metadata(dict(sess.get_modelmeta().custom_metadata_map), where)
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
@@ -204,8 +245,9 @@ class Engine:
         ):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-        self.files = load_files(model_path)
-        self.info = self.files.info
+        _, self.device_id = resolve_device(device)  # raises ValueError for a bad device string
+        self.model = load_model(model_path, device, threads)
+        self.info = self.model.info
         self.n_learners, self.n_features, self.n_classes, self.n_examples = (
             int(n_learners),
             int(n_features),
@@ -221,11 +263,8 @@ class Engine:
                 f"the state for n_features={n_features}, n_classes={n_classes}, {n_learners} learners x "
                 f"{n_examples} examples would hold {n_values:,} numbers (> 2**31): too large"
             )
-        self.session, self.device = make_session(self.files.step_bytes, device, threads)
-        self.device_id = resolve_device(device)[1]
-        self.init_session = ort.InferenceSession(
-            self.files.init_bytes, _session_options(1), providers=["CPUExecutionProvider"]
-        )
+        self.session, self.device = self.model.session, self.model.device
+        self.init_session = self.model.init_session
         self._out_names = [fmt.NEW_PREFIX + n for n in self.names]
         cells = sum(a * b for a, b in zip(self.layer_sizes[:-1], self.layer_sizes[1:], strict=False)) * self.n_examples
         self.chunk = int(chunk) if chunk else max(1, CHUNK_CELLS // max(cells, 1))
