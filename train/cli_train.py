@@ -157,6 +157,8 @@ def run_spec(
 
     device = getattr(spec.options, "device", "cpu")
     world = init_from_env(device)
+    if world.size > 1 and not registry.get_method(spec.method).distributed:
+        raise click.UsageError(f"method {spec.method!r} runs in one process; only es and cmaes spread over processes")
     limit_numpy_threads(1)
     params = None
     identity = spec.identity()

@@ -45,6 +45,7 @@ class Method:
     options_cls: type
     trainer: Callable[..., Trainer]
     derive_config: Callable[[Any], VSMLConfig] | None = None  # options -> config (clone)
+    distributed: bool = False  # spreads its population over torch.distributed processes
 
 
 def _clone_method() -> Method | None:
@@ -56,9 +57,9 @@ def _clone_method() -> Method | None:
 
 
 METHODS: dict[str, Method] = {
-    "es": Method("es", EsOptions, EsTrainer),
+    "es": Method("es", EsOptions, EsTrainer, distributed=True),
     "bptt": Method("bptt", BpttOptions, BpttTrainer),
-    "cmaes": Method("cmaes", CmaesOptions, CmaesTrainer),
+    "cmaes": Method("cmaes", CmaesOptions, CmaesTrainer, distributed=True),
 }
 _clone = _clone_method()
 if _clone is not None:

@@ -232,7 +232,7 @@ def train(
 
         bar = tqdm(total=run.iterations, initial=start, desc=trainer.name, dynamic_ncols=True)
     interrupted = False
-    it = start
+    done = start  # updates done so far
     try:
         with _StopFlag() as stop:
             for it in range(start, run.iterations):
@@ -254,19 +254,17 @@ def train(
                         loss=f"{metrics['loss']:.4f}", Mcs=f"{metrics.get('cell_steps_per_s', 0) / 1e6:.2f}"
                     )
                 if broadcast_flag(stop.set, world):
-                    checkpoint(done)
                     interrupted = True
-                    it = done
+                    checkpoint(done)
                     break
                 if done % run.checkpoint_every == 0:
                     checkpoint(done)
-                it = done
     finally:
         if bar is not None:
             bar.close()
     if interrupted:
         log.close()
-        return TrainResult(iteration=it, interrupted=True, metrics=last, model_path=None)
+        return TrainResult(iteration=done, interrupted=True, metrics=last, model_path=None)
     if run.eval_every >= 0 and evaluate is not None:
         final_eval = _prefixed(evaluate(trainer.params()))
         last.update(final_eval)
