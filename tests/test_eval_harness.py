@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import shared_dataset_dir
 from vsml_train.config import VSMLConfig
 from vsml_train.data.idx import write_idx
 from vsml_train.episode import run_episode
-from vsml_train.evaluation.baselines import ReferenceFigures, online_sgd
+from vsml_train.evaluation.baselines import REFERENCE_TABLE, ReferenceFigures, online_sgd
 from vsml_train.evaluation.harness import (
     EvalProtocol,
     check_against_reference,
@@ -25,6 +26,7 @@ from vsml_train.evaluation.harness import (
 )
 from vsml_train.evaluation.learners import OnlineLearner, VSMLLearner
 from vsml_train.evaluation.metrics import summarize
+from vsml_train.model_file import ModelFile, save_model
 from vsml_train.params import init_params
 
 
@@ -242,6 +244,16 @@ def test_vsml_learner_groups_consecutive_examples() -> None:
         _vsml(config, 3).run(s.x, s.y, 3, seed=0)
 
 
+def test_vsml_learner_from_a_model_file(tmp_path: Path) -> None:
+    config = CONFIGS[1]
+    params = init_params(config, seed=3)
+    save_model(tmp_path / "clone.pt", ModelFile(config, params))
+    learner = VSMLLearner.from_file(tmp_path / "clone.pt", 2)
+    assert learner.name == "clone" and learner.examples_per_step == 2
+    s = _streams(4, 2, a=5)
+    np.testing.assert_array_equal(learner.run(s.x, s.y, 3, 0), VSMLLearner(params, config, 2).run(s.x, s.y, 3, 0))
+
+
 def test_vsml_learner_validation() -> None:
     config = CONFIGS[0]
     params = init_params(config, seed=0)
@@ -258,3 +270,20 @@ def test_vsml_learner_in_the_harness() -> None:
     results = evaluate([_vsml(CONFIGS[0]), online_sgd(0.01)], s)
     assert set(results) == {"vsml", "sgd-linear(lr=0.01)"}
     assert results["vsml"].summary.n_streams == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_tuned_baselines_match_the_reference_table(dataset: str) -> None:
+    """The reference procedure end to end: tune on the evaluation streams, compare the mean accuracy."""
+    protocol = EvalProtocol(dataset, "train", n_steps=2000, n_streams=8, seed=1, tune_on="eval")
+    result = run_protocol(protocol, data_dir=shared_dataset_dir(dataset))
+    failures = []
+    for name, res in result.results.items():
+        opt, arch = name.split("-")
+        hidden = () if arch == "linear" else (int(arch.removeprefix("tanh")),)
+        row = next(r for r in REFERENCE_TABLE if (r.dataset, r.optimizer, r.hidden) == (dataset, opt, hidden))
+        (check,) = [c for c in check_against_reference(res.summary, row) if c.metric == "accuracy"]
+        if not check.ok:
+            failures.append(f"{name} lr {result.searches[name].best_lr:g}: {check}")
+    assert not failures, "; ".join(failures)

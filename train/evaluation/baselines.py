@@ -57,6 +57,89 @@ REFERENCE_HIDDEN = (160,)
 
 
 @dataclass(frozen=True)
+class OnlineBaseline:
+    """Online SGD or Adam on a linear model or tanh MLP; an ``OnlineLearner``.
+
+    Attributes:
+        optimizer: "sgd" (plain, no momentum) or "adam".
+        lr: learning rate (0 gives a learner that never learns: a control).
+        hidden: hidden layer sizes, () = linear.
+        init: "torch" (``nn.Linear`` default, seeded) or "zero" (linear only).
+        betas, eps: Adam's (PyTorch defaults).
+    """
+
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.01
+    hidden: tuple[int, ...] = ()
+    init: Init = "torch"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not self.lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
+        if self.init not in ("torch", "zero"):
+            raise ValueError(f"init must be 'torch' or 'zero', got {self.init!r}")
+        if self.init == "zero" and self.hidden:
+            raise ValueError("init='zero' only for linear models: a zero MLP has zero hidden gradients forever")
+
+    @property
+    def arch(self) -> str:
+        """The model: "linear" or "tanh160" (hidden sizes joined by "-")."""
+        return "linear" if not self.hidden else "tanh" + "-".join(str(h) for h in self.hidden)
+
+    @property
+    def name(self) -> str:
+        """E.g. "sgd-tanh160(lr=0.01)", "sgd-linear(lr=0.003,init=zero)"."""
+        init = "" if self.init == "torch" else f",init={self.init}"
+        return f"{self.optimizer}-{self.arch}(lr={self.lr:g}{init})"
+
+    def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        """``OnlineLearner.run``: x [T, S, A], y [T, S] -> logits float32 [T, S, B]."""
+        x, y = check_streams(x, y, n_classes)
+        t_steps, s, a = x.shape
+        gen = torch.Generator().manual_seed(seed)
+        weights, biases = init_mlp(s, (a, *self.hidden, n_classes), gen)
+        if self.init == "zero":
+            weights, biases = [torch.zeros_like(w) for w in weights], [torch.zeros_like(b) for b in biases]
+        xt = torch.from_numpy(x)
+        onehot = torch.eye(n_classes, dtype=torch.float32)[torch.from_numpy(y)]  # [T, S, B]
+        out = torch.empty(t_steps, s, n_classes, dtype=torch.float32)
+        adam = AdamState.zeros([*weights, *biases]) if self.optimizer == "adam" else None
+        with torch.no_grad():
+            for t in range(t_steps):
+                acts = forward(weights, biases, xt[t])
+                out[t] = acts[-1]
+                if self.lr == 0:
+                    continue
+                if adam is None:
+                    sgd_step(weights, biases, acts, onehot[t], self.lr)
+                else:
+                    w_grads, b_grads = backward(weights, acts, onehot[t])
+                    adam.step([*weights, *biases], [*w_grads, *b_grads], self.lr, self.betas, self.eps)
+        return out.numpy()
+
+
+def online_sgd(lr: float, hidden: tuple[int, ...] = (), init: Init = "torch") -> OnlineBaseline:
+    """Online SGD (one example per update) on a linear model or tanh MLP."""
+    return OnlineBaseline("sgd", lr, hidden, init)
+
+
+def online_adam(lr: float, hidden: tuple[int, ...] = (), init: Init = "torch") -> OnlineBaseline:
+    """Online Adam (one example per update) on a linear model or tanh MLP."""
+    return OnlineBaseline("adam", lr, hidden, init)
+
+
+# ---------------------------------------------------------------------------
+# the reference table
+
+
+@dataclass(frozen=True)
 class ReferenceFigures:
     """One cell pair of the reference baseline table (section 7): one learner on one dataset.
 
@@ -122,85 +205,6 @@ def reference_baselines() -> dict[str, tuple[Callable[[float], OnlineBaseline], 
 
 def _with_lr(spec: OnlineBaseline, lr: float) -> OnlineBaseline:
     return dataclasses.replace(spec, lr=lr)
-
-
-@dataclass(frozen=True)
-class OnlineBaseline:
-    """Online SGD or Adam on a linear model or tanh MLP; an ``OnlineLearner``.
-
-    Attributes:
-        optimizer: "sgd" (plain, no momentum) or "adam".
-        lr: learning rate (0 gives a learner that never learns: a control).
-        hidden: hidden layer sizes, () = linear.
-        init: "torch" (``nn.Linear`` default, seeded) or "zero" (linear only).
-        betas, eps: Adam's (PyTorch defaults).
-    """
-
-    optimizer: Optimizer = "sgd"
-    lr: float = 0.01
-    hidden: tuple[int, ...] = ()
-    init: Init = "torch"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not self.lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {self.lr}")
-        if any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
-        if self.init not in ("torch", "zero"):
-            raise ValueError(f"init must be 'torch' or 'zero', got {self.init!r}")
-        if self.init == "zero" and self.hidden:
-            raise ValueError("init='zero' only for linear models: a zero MLP has zero hidden gradients forever")
-
-    @property
-    def arch(self) -> str:
-        """ "linear" or "tanh160" (hidden sizes joined by "-")."""
-        return "linear" if not self.hidden else "tanh" + "-".join(str(h) for h in self.hidden)
-
-    @property
-    def name(self) -> str:
-        """E.g. "sgd-tanh160(lr=0.01)", "sgd-linear(lr=0.003,init=zero)"."""
-        init = "" if self.init == "torch" else f",init={self.init}"
-        return f"{self.optimizer}-{self.arch}(lr={self.lr:g}{init})"
-
-    def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
-        """``OnlineLearner.run``: x [T, S, A], y [T, S] -> logits float32 [T, S, B]."""
-        x, y = check_streams(x, y, n_classes)
-        t_steps, s, a = x.shape
-        gen = torch.Generator().manual_seed(seed)
-        weights, biases = init_mlp(s, (a, *self.hidden, n_classes), gen)
-        if self.init == "zero":
-            weights, biases = [torch.zeros_like(w) for w in weights], [torch.zeros_like(b) for b in biases]
-        xt = torch.from_numpy(x)
-        onehot = torch.eye(n_classes, dtype=torch.float32)[torch.from_numpy(y)]  # [T, S, B]
-        out = torch.empty(t_steps, s, n_classes, dtype=torch.float32)
-        adam = AdamState.zeros([*weights, *biases]) if self.optimizer == "adam" else None
-        with torch.no_grad():
-            for t in range(t_steps):
-                acts = forward(weights, biases, xt[t])
-                out[t] = acts[-1]
-                if self.lr == 0:
-                    continue
-                if adam is None:
-                    sgd_step(weights, biases, acts, onehot[t], self.lr)
-                else:
-                    w_grads, b_grads = backward(weights, acts, onehot[t])
-                    adam.step([*weights, *biases], [*w_grads, *b_grads], self.lr, self.betas, self.eps)
-        return out.numpy()
-
-
-def online_sgd(lr: float, hidden: tuple[int, ...] = (), init: Init = "torch") -> OnlineBaseline:
-    """Online SGD (one example per update) on a linear model or tanh MLP."""
-    return OnlineBaseline("sgd", lr, hidden, init)
-
-
-def online_adam(lr: float, hidden: tuple[int, ...] = (), init: Init = "torch") -> OnlineBaseline:
-    """Online Adam (one example per update) on a linear model or tanh MLP."""
-    return OnlineBaseline("adam", lr, hidden, init)
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ B classes.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 
 from ..config import VSMLConfig
 from ..episode import make_step_fn, run_episode
+from ..model_file import load_model
 from ..params import Params, check_params
 from ..step import Impl
 
@@ -104,6 +107,14 @@ class VSMLLearner:
         self.examples_per_step = examples_per_step
         self.impl: Impl = impl
         self._name = name
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike[str], examples_per_step: int = 1, *, name: str | None = None
+    ) -> VSMLLearner:
+        """From a ``model.pt`` file (``vsml_train.model_file``); named after the file by default."""
+        model = load_model(path)
+        return cls(model.params, model.config, examples_per_step, name=name or Path(path).stem)
 
     @property
     def name(self) -> str:
