@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,15 +101,15 @@ def test_fast_and_naive_match_per_cell_reference(name: str, pop: int | None) -> 
     state = random_state(config, a, b, p, e, 1, params)
     x, y = make_inputs(p, e, a, b, 3, 2)
     y1h = labels_to_onehot(y, b, DT)
-    s_fast = s_naive = s_ref = state
+    impls = ("fast", "blocked", "chunked", "naive")
+    states = dict.fromkeys(impls, state)
+    s_ref = state
     for t in range(x.shape[0]):
         s_ref, l_ref = reference_step(params, s_ref, x[t], y1h[t], config)
-        s_fast, l_fast = step(params, s_fast, x[t], y1h[t], config, impl="fast")
-        s_naive, l_naive = step(params, s_naive, x[t], y1h[t], config, impl="naive")
-        torch.testing.assert_close(l_fast, l_ref, atol=1e-10, rtol=1e-10)
-        torch.testing.assert_close(l_naive, l_ref, atol=1e-10, rtol=1e-10)
-        assert_states_close(s_fast, s_ref, 1e-10)
-        assert_states_close(s_naive, s_ref, 1e-10)
+        for impl in impls:
+            states[impl], logits = step(params, states[impl], x[t], y1h[t], config, impl=impl)
+            torch.testing.assert_close(logits, l_ref, atol=1e-10, rtol=1e-10, msg=lambda m, i=impl: f"{i}: {m}")
+            assert_states_close(states[impl], s_ref, 1e-10)
     assert l_ref.abs().max() > 1e-6, "degenerate test: logits are zero"
 
 
@@ -131,7 +133,7 @@ def test_gradients_through_unrolled_episode_match_reference(name: str) -> None:
 
     base = random_params(config, 5)
     grads = {}
-    for label, fn in [("ref", reference_step), ("fast", step)]:
+    for label, fn in [("ref", reference_step), ("fast", step)]:  # "fast" dispatches to "blocked" under autograd
         ps = {k: v.clone().requires_grad_(True) for k, v in base.items()}
         loss_of(fn, ps).backward()
         grads[label] = {k: v.grad for k, v in ps.items()}
@@ -278,3 +280,32 @@ def test_logits_independent_of_batch_companions_without_averaging() -> None:
     r = run_episode(params, config, x, y, 3, seed=0)
     r0 = run_episode(params, config, x[:, :, :1], y[:, :, :1], 3, seed=0)
     torch.testing.assert_close(r.logits[:, :, :1], r0.logits, atol=1e-12, rtol=0)
+
+
+def test_chunked_path_crosses_chunk_and_learner_boundaries(monkeypatch) -> None:
+    """Chunks that split a learner's grid, span several learners, and per-learner V_M."""
+    step_module = importlib.import_module("vsml_train.step")  # the module (the package exports the function)
+    monkeypatch.setattr(step_module, "CHUNK_CELLS", 5)  # grids of 3 x 2 cells: chunks cut across learners
+    for pop in (None, 2):
+        config = VSMLConfig(hidden=(3,), coord_inputs=True, time_input=True)
+        params = random_params(config, 0, pop)
+        state = random_state(config, 4, 2, 2, 3, 1, params)
+        x, y = make_inputs(2, 3, 4, 2, 2, 2)
+        y1h = labels_to_onehot(y, 2, DT)
+        s1 = s2 = state
+        for t in range(2):
+            s1, l1 = step(params, s1, x[t], y1h[t], config, impl="chunked")
+            s2, l2 = step(params, s2, x[t], y1h[t], config, impl="blocked")
+            torch.testing.assert_close(l1, l2, atol=1e-12, rtol=1e-12)
+            assert_states_close(s1, s2, 1e-12)
+
+
+def test_fast_dispatch_uses_autograd_path_when_gradients_are_needed() -> None:
+    config = VSMLConfig()
+    params = {k: v.requires_grad_(True) for k, v in random_params(config, 0).items()}
+    x, y = make_inputs(1, 1, 3, 2, 2, 0)
+    r = run_episode(params, config, x, y, 2, seed=0)
+    assert r.logits.requires_grad
+    with torch.no_grad():
+        r2 = run_episode(params, config, x, y, 2, seed=0)
+    torch.testing.assert_close(r.logits.detach(), r2.logits, atol=1e-12, rtol=1e-12)

@@ -7,15 +7,20 @@ B outputs of a layer, N state, M message, X extra cell inputs, K layers.
 tensor in place, uses explicit batched tensor ops only (no vmap), so autograd
 can differentiate an unrolled episode and the exporter can trace it.
 
-Two implementations of a layer visit share the schedule:
+Several implementations of a layer visit share the schedule (same numbers):
 
-* ``fast`` (default) exploits the algebra. The message part of the gate
-  pre-activation of cell (a, b) splits into a row term fwd_in[a] @ W_f and a
-  column term bwd_in[b] @ W_b, computed on [A] and [B] instead of [A, B];
-  without LayerNorm the message heads are linear and commute with the
-  reduction over the grid, so they run on [B, N] and [A, N]; the gates are
-  permuted to (i, f, o, g) so one sigmoid and one tanh cover them; only the
+* ``blocked`` exploits the algebra and is differentiable and traceable. The
+  message part of the gate pre-activation of cell (a, b) splits into a row
+  term fwd_in[a] @ W_f and a column term bwd_in[b] @ W_b, computed on [A] and
+  [B] instead of [A, B] and never stored per cell; each gate is its own
+  contiguous block (torch.compile fuses a tick into one loop; the exporter
+  traces it); without LayerNorm the message heads are linear and commute with
+  the reduction over the grid, so they run on [B, N] and [A, N]; only the
   heads whose messages are used are evaluated.
+* ``chunked`` is the inference path (no autograd): the same factoring, the
+  grid cut into cache-sized chunks, one in-place tanh for all four gates.
+* ``fast`` (default) picks ``chunked`` when no gradient is needed and nothing
+  is tracing, else ``blocked``.
 * ``naive`` is the straightforward vectorised formulation (concatenated
   per-cell input, full gate matmul, both heads on every cell), kept as the
   benchmark baseline and as a second reference.
@@ -41,7 +46,7 @@ from .config import VSMLConfig
 from .params import Params, base_ndim
 from .state import VSMLState
 
-Impl = Literal["fast", "naive"]
+Impl = Literal["fast", "blocked", "chunked", "naive"]
 
 
 # ---------------------------------------------------------------------------
@@ -146,56 +151,63 @@ def _extras(
 VisitFn = Callable[..., tuple[Tensor, Tensor, Tensor | None, Tensor | None]]
 
 
-def visit_fast(
-    p: Params,
-    h: Tensor,
-    c: Tensor,
+def _is_tracing() -> bool:
+    """True while torch.compile, torch.export or the ONNX exporter is tracing."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _gate_blocks(p: Params, config: VSMLConfig) -> dict[str, dict[str, Tensor]]:
+    """Per-gate slices of V_M (no index tensors): gate -> {f, b, x, h, bias}.
+
+    f [M, N], b [M, N], x [X, N], h [N, N] row blocks of w_gates; bias [N]
+    with the fixed offset added; each with a leading [P] axis when V_M has one.
+    """
+    n = config.state_size
+    rows = _split_rows(p, config)
+    bias = _gate_bias(p, config)
+    out = {}
+    for j, gate in enumerate("igfo"):
+        sl = slice(j * n, (j + 1) * n)
+        out[gate] = {k: v[..., sl] for k, v in rows.items()} | {"bias": bias[..., sl]}
+    return out
+
+
+def _input_terms(
+    w: dict[str, Tensor],
     fwd_in: Tensor,
     bwd_in: Tensor | None,
     extras: tuple[Tensor | None, Tensor | None],
-    config: VSMLConfig,
-    want_fwd: bool,
-    want_bwd: bool,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Run the micro ticks of one layer, factored (see module docstring).
+) -> tuple[Tensor, Tensor]:
+    """The message part of one gate block's pre-activation, split by grid axis.
 
-    Args:
-        p: this layer's V_M (base shapes or [P, *base]).
-        h, c: [P, E, A, B, N].
-        fwd_in: [P, E, A, M] incoming forward messages.
-        bwd_in: [P, E, B, M] incoming backward messages, or None for zeros.
-        extras: (row [A, Xr] or None, column [P, E, B, Xc] or None).
-    Returns:
-        h, c [P, E, A, B, N]; fwd_out [P, E, B, M] or None; bwd_out [P, E, A, M] or None.
+    Returns the row term [P, E, A, K] (fwd_in[a] @ W_f + row extras) and the
+    column term [P|1, E|1, B|1, K] (bias + bwd_in[b] @ W_b + column extras),
+    K the block's width. Cell (a, b) gets row[a] + col[b].
     """
-    n = config.state_size
-    w = _split_rows(p, config)
-    # permute gate columns (i, g, f, o) -> (i, f, o, g): one sigmoid + one tanh
-    perm = torch.cat([torch.arange(0, n), torch.arange(2 * n, 4 * n), torch.arange(n, 2 * n)]).to(h.device)
-    bias = _gate_bias(p, config)[..., perm]
-    pp, e, b = h.shape[0], h.shape[1], h.shape[3]
-    row = _mm(fwd_in, w["f"][..., perm])  # [P, E, A, 4N]
-    col = _bcast(bias, 4)  # [4N] or [P, 1, 1, 4N]
+    row = _mm(fwd_in, w["f"])
+    col = w["bias"]
+    col = col.reshape(1, 1, 1, -1) if col.dim() == 1 else col.reshape(col.shape[0], 1, 1, -1)
     if bwd_in is not None:
-        col = col + _mm(bwd_in, w["b"][..., perm])  # [P, E, B, 4N]
-    wx = w["x"][..., perm]
+        col = col + _mm(bwd_in, w["b"])
     row_x, col_x = extras
     xr = 0
     if row_x is not None:
         xr = row_x.shape[-1]
-        rx = row_x @ wx[..., :xr, :]  # [A, 4N] or [P, A, 4N]
+        rx = row_x @ w["x"][..., :xr, :]  # [A, K] or [P, A, K]
         row = row + (rx.unsqueeze(1) if rx.dim() == 3 else rx)
     if col_x is not None:
-        col = col + _mm(col_x, wx[..., xr:, :])
-    col = col.expand(pp, e, b, 4 * n)
-    z_in = row.unsqueeze(3) + col.unsqueeze(2)  # [P, E, A, B, 4N]
-    w_h = w["h"][..., perm]
-    for _ in range(config.micro_ticks):
-        z = z_in + _mm(h, w_h)
-        s = torch.sigmoid(z[..., : 3 * n])
-        g = torch.tanh(z[..., 3 * n :])
-        c = s[..., n : 2 * n] * c + s[..., :n] * g
-        h = s[..., 2 * n :] * torch.tanh(c)
+        col = col + _mm(col_x, w["x"][..., xr:, :])
+    return row, col
+
+
+def _heads(
+    p: Params, h: Tensor, config: VSMLConfig, want_fwd: bool, want_bwd: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Outgoing messages of a layer from h [P, E, A, B, N]: fwd [P, E, B, M], bwd [P, E, A, M].
+
+    Without LayerNorm the heads are linear and commute with the reduction, so
+    they run on the reduced [P, E, B, N] / [P, E, A, N]; with it, per cell.
+    """
     fwd_out = bwd_out = None
     if config.layer_norm:
         if want_fwd:
@@ -212,7 +224,142 @@ def visit_fast(
         if want_bwd:
             scale = 1.0 if config.reduction == "mean" else float(b)
             bwd_out = _mm(_reduce(h, 3, config), p["w_bwd"]) + _bcast(p["b_bwd"], 4) * scale
-    return h, c, fwd_out, bwd_out
+    return fwd_out, bwd_out
+
+
+def visit_blocked(
+    p: Params,
+    h: Tensor,
+    c: Tensor,
+    fwd_in: Tensor,
+    bwd_in: Tensor | None,
+    extras: tuple[Tensor | None, Tensor | None],
+    config: VSMLConfig,
+    want_fwd: bool,
+    want_bwd: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Micro ticks of one layer, gate block by gate block (differentiable, traceable).
+
+    Each gate's pre-activation is h @ W_h[gate] + row[a] + col[b]: the message
+    terms stay as [A] and [B] broadcasts and are never stored per cell, and
+    every gate is its own contiguous [P, E, A, B, N] tensor (no slicing of the
+    last axis), so torch.compile fuses a tick into one loop and ONNX Runtime
+    runs it without strided kernels.
+
+    Args:
+        p: this layer's V_M (base shapes or [P, *base]).
+        h, c: [P, E, A, B, N].
+        fwd_in: [P, E, A, M] incoming forward messages.
+        bwd_in: [P, E, B, M] incoming backward messages, or None for zeros.
+        extras: (row [A, Xr] or None, column [P, E, B, Xc] or None).
+    Returns:
+        h, c [P, E, A, B, N]; fwd_out [P, E, B, M] or None; bwd_out [P, E, A, M] or None.
+    """
+    blocks = _gate_blocks(p, config)
+    terms = {}
+    for gate, w in blocks.items():
+        row, col = _input_terms(w, fwd_in, bwd_in, extras)
+        terms[gate] = (row.unsqueeze(3), col.unsqueeze(2))  # [P, E, A, 1, N], [P|1, E|1, 1, B|1, N]
+    for _ in range(config.micro_ticks):
+        pre = {gate: _mm(h, w["h"]) + terms[gate][0] + terms[gate][1] for gate, w in blocks.items()}
+        i, f, o = torch.sigmoid(pre["i"]), torch.sigmoid(pre["f"]), torch.sigmoid(pre["o"])
+        c = f * c + i * torch.tanh(pre["g"])
+        h = o * torch.tanh(c)
+    return (h, c, *_heads(p, h, config, want_fwd, want_bwd))
+
+
+# cells per chunk of the inference path: one chunk's gate tensor stays in L2
+CHUNK_CELLS = 4096
+
+
+@torch.no_grad()
+def visit_chunked(
+    p: Params,
+    h: Tensor,
+    c: Tensor,
+    fwd_in: Tensor,
+    bwd_in: Tensor | None,
+    extras: tuple[Tensor | None, Tensor | None],
+    config: VSMLConfig,
+    want_fwd: bool,
+    want_bwd: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Inference-only layer visit (no autograd): cache-sized chunks, one tanh per tick.
+
+    Same signature and numbers as ``visit_blocked``. The grid is cut into
+    chunks of about ``CHUNK_CELLS`` cells whose gate tensors stay in cache;
+    sigmoid(x) = (1 + tanh(x / 2)) / 2 with the halving folded into the i, f,
+    o weights, so one in-place tanh covers all four gates of a chunk.
+    """
+    if h.shape[0] > 1 and p["w_gates"].dim() == base_ndim("w_gates") + 1:
+        # per-learner V_M: one learner at a time (each has its own weights)
+        outs = []
+        for k in range(h.shape[0]):
+            pk = {name: t[k] for name, t in p.items()}
+            ex = (extras[0], None if extras[1] is None else extras[1][k : k + 1])
+            bk = None if bwd_in is None else bwd_in[k : k + 1]
+            outs.append(visit_chunked(pk, h[k : k + 1], c[k : k + 1], fwd_in[k : k + 1], bk, ex, config, want_fwd,
+                                      want_bwd))  # fmt: skip
+        return tuple(None if o[0] is None else torch.cat(o) for o in zip(*outs, strict=True))  # type: ignore[return-value]
+    if p["w_gates"].dim() == base_ndim("w_gates") + 1:
+        p = {name: t[0] for name, t in p.items()}
+    n = config.state_size
+    pp, e, a, b = h.shape[:4]
+    g = pp * e
+    blocks = _gate_blocks(p, config)
+    order = "ifog"  # sigmoid gates first, then g; sigmoid gates pre-scaled by 1/2
+    scale = [0.5, 0.5, 0.5, 1.0]
+    w = {k: torch.cat([blocks[gate][k] * sc for gate, sc in zip(order, scale, strict=True)], -1) for k in blocks["i"]}
+    row, col = _input_terms(w, fwd_in, bwd_in, extras)
+    row = row.expand(pp, e, a, 4 * n).reshape(g * a, 4 * n)  # [G*A, 4N]
+    col = col.expand(pp, e, b, 4 * n).reshape(g, b, 4 * n)  # [G, B, 4N]
+    wh = w["h"]  # [N, 4N]
+    hf, cf = h.reshape(g * a, b, n), c.reshape(g * a, b, n)
+    h_out, c_out = torch.empty_like(hf), torch.empty_like(cf)
+    rows_per_chunk = max(1, CHUNK_CELLS // b)
+    for r0 in range(0, g * a, rows_per_chunk):
+        r1 = min(g * a, r0 + rows_per_chunk)
+        cells = (r1 - r0) * b
+        g0, g1 = r0 // a, (r1 - 1) // a
+        colc = col[g0 : g0 + 1] if g0 == g1 else col[torch.arange(r0, r1) // a]
+        z_in = (row[r0:r1].unsqueeze(1) + colc).reshape(cells, 4 * n)
+        hh, cc = hf[r0:r1].reshape(cells, n), cf[r0:r1].reshape(cells, n)
+        for _ in range(config.micro_ticks):
+            t = torch.addmm(z_in, hh, wh).tanh_()
+            ti, tf, to, tg = t[:, :n], t[:, n : 2 * n], t[:, 2 * n : 3 * n], t[:, 3 * n :]
+            # f*c + i*g with f = (1 + tf)/2, i = (1 + ti)/2
+            cc = (cc + tg).addcmul_(tf, cc).addcmul_(ti, tg).mul_(0.5)
+            th = torch.tanh(cc)
+            hh = th.addcmul(to, th).mul_(0.5)  # o * tanh(c), o = (1 + to)/2
+        h_out[r0:r1] = hh.view(r1 - r0, b, n)
+        c_out[r0:r1] = cc.view(r1 - r0, b, n)
+    h, c = h_out.reshape(pp, e, a, b, n), c_out.reshape(pp, e, a, b, n)
+    return (h, c, *_heads(p, h, config, want_fwd, want_bwd))
+
+
+def visit_fast(
+    p: Params,
+    h: Tensor,
+    c: Tensor,
+    fwd_in: Tensor,
+    bwd_in: Tensor | None,
+    extras: tuple[Tensor | None, Tensor | None],
+    config: VSMLConfig,
+    want_fwd: bool,
+    want_bwd: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The fastest exact visit for the context (same signature and numbers as the others).
+
+    ``visit_chunked`` when nothing needs gradients and nobody is tracing
+    (evaluation, ES, CMA-ES), ``visit_blocked`` otherwise (backprop,
+    torch.compile, export).
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (h, c, fwd_in, bwd_in, *p.values())
+    )
+    if needs_grad or _is_tracing():
+        return visit_blocked(p, h, c, fwd_in, bwd_in, extras, config, want_fwd, want_bwd)
+    return visit_chunked(p, h, c, fwd_in, bwd_in, extras, config, want_fwd, want_bwd)
 
 
 def visit_naive(
@@ -258,7 +405,12 @@ def visit_naive(
     return h, c, fwd_out, bwd_out
 
 
-VISITS: dict[str, VisitFn] = {"fast": visit_fast, "naive": visit_naive}
+VISITS: dict[str, VisitFn] = {
+    "fast": visit_fast,
+    "blocked": visit_blocked,
+    "chunked": visit_chunked,
+    "naive": visit_naive,
+}
 
 
 # ---------------------------------------------------------------------------
