@@ -300,41 +300,41 @@ def meta_test_evaluator(config: Any, run: RunOptions, device: str = "cpu") -> Ev
     """Online (prequential) meta-test on held-out datasets at their full input size (reference section 7).
 
     The streams (``run.eval_streams`` per dataset, ``run.eval_steps`` long,
-    batch 1, MNIST scalar standardisation) are drawn once, from the run's seed,
-    so every evaluation of a run sees the same streams. Reports per dataset:
-    mean online accuracy, first 100 / last 200 steps, and the online loss.
+    batch 1, MNIST scalar standardisation) are drawn once by the evaluation
+    core (``EvalProtocol``), from the run's seed, so every evaluation of a run
+    sees the same streams; the V_M runs on the training device and the
+    evaluation core's ``summarize`` scores it. Reports per dataset: mean
+    online accuracy, first 100 / last 200 steps, and the online loss.
     """
-    from ..data.datasets import load_dataset
-    from ..data.sampler import sample_streams
-    from ..episode import online_loss, run_episode
+    from ..episode import run_episode
+    from ..evaluation import EvalProtocol, protocol_streams, summarize
     from .tasks import derive_seed
 
     sets = []
     for k, name in enumerate(run.eval_datasets):
-        ds = load_dataset(name, run.eval_split)  # type: ignore[arg-type]
-        st = sample_streams(
-            ds.images,
-            ds.labels,
-            n_streams=run.eval_streams,
+        proto = EvalProtocol(
+            name,
+            split=run.eval_split,  # type: ignore[arg-type]
             n_steps=run.eval_steps,
-            seed=derive_seed(run.seed, _EVAL, k),
-            n_classes=ds.n_classes,
+            n_streams=run.eval_streams,
+            seed=derive_seed(run.seed, _EVAL, k) % 2**31,
         )
+        st = protocol_streams(proto)
         x = torch.from_numpy(st.x).unsqueeze(2).to(device)  # [T, S, 1, A]
         y = torch.from_numpy(st.y).unsqueeze(2).to(device)  # [T, S, 1]
-        sets.append((name, x, y, st.n_classes))
+        sets.append((name, x, y, st.y, st.n_classes))
 
     def evaluate(params: Params) -> dict[str, float]:
         out: dict[str, float] = {}
         p = {k: v.to(device) for k, v in params.items()}
-        for name, x, y, n_classes in sets:
+        for name, x, y, labels, n_classes in sets:
             with torch.no_grad():
                 res = run_episode(p, config, x, y, n_classes, seed=derive_seed(run.seed, _EVAL, 1 << 20))
-            correct = (res.logits.argmax(-1) == y).double().mean(dim=(1, 2))  # [T]
-            out[f"{name}/acc"] = float(correct.mean())
-            out[f"{name}/first100"] = float(correct[:100].mean())
-            out[f"{name}/last200"] = float(correct[-200:].mean())
-            out[f"{name}/loss"] = float(online_loss(res.logits, y).mean())
+            s = summarize(res.logits[:, :, 0].cpu().numpy(), labels)
+            out[f"{name}/acc"] = s.accuracy.mean
+            out[f"{name}/first100"] = s.first_accuracy.mean
+            out[f"{name}/last200"] = s.last_accuracy.mean
+            out[f"{name}/loss"] = s.loss.mean
         return out
 
     return evaluate
