@@ -117,15 +117,19 @@ def visit_export(
             col = col + bwd_in @ _block(w["b"], j, n)
         if col_x is not None:
             col = col + col_x @ _block(w["x"][xr:], j, n)
-        z_in[j] = (row + col.reshape(pp, e, 1, b * n)).reshape(pp, e, a, b, n)
+        z_in[j] = (row + col.reshape(pp, e, 1, b * n)).reshape(-1, n)  # [C, N], C = P*E*A*B cells
     w_h = {j: _block(w["h"], j, n) for j in (_I, _F, _O, _G)}
+    # 2-D [C, N] during the ticks: addmm exports as Gemm(h, W, z_in), which ONNX Runtime fuses with
+    # the activation that follows (FusedGemm): one node per gate instead of three
+    h2, c2 = h.reshape(-1, n), c.reshape(-1, n)
     for _ in range(config.micro_ticks):
-        i_g = torch.sigmoid(z_in[_I] + h @ w_h[_I])
-        f_g = torch.sigmoid(z_in[_F] + h @ w_h[_F])
-        o_g = torch.sigmoid(z_in[_O] + h @ w_h[_O])
-        g_g = torch.tanh(z_in[_G] + h @ w_h[_G])
-        c = f_g * c + i_g * g_g
-        h = o_g * torch.tanh(c)
+        i_g = torch.sigmoid(torch.addmm(z_in[_I], h2, w_h[_I]))
+        f_g = torch.sigmoid(torch.addmm(z_in[_F], h2, w_h[_F]))
+        o_g = torch.sigmoid(torch.addmm(z_in[_O], h2, w_h[_O]))
+        g_g = torch.tanh(torch.addmm(z_in[_G], h2, w_h[_G]))
+        c2 = f_g * c2 + i_g * g_g
+        h2 = o_g * torch.tanh(c2)
+    h, c = h2.reshape(pp, e, a, b, n), c2.reshape(pp, e, a, b, n)
     fwd_out = bwd_out = None
     if config.layer_norm:
         if want_fwd:
@@ -155,28 +159,44 @@ def visit_export(
     return h, c, fwd_out, bwd_out
 
 
-def _average_units(s: Tensor, k: int) -> Tensor:
-    """Replace units [:k] of s [P, E, A, B, N] by their mean over E (the mean as a GEMM)."""
+def _mean_over_e(s: Tensor) -> Tensor:
+    """Mean over E of s [P, E, A, B, K], as a GEMM with a ones vector -> [P, E, A, B, K] (broadcast back)."""
     p, e = s.shape[0], s.shape[1]
-    first = s[..., :k] if k < s.shape[-1] else s
     ones = torch.ones_like(s[0, :, 0, 0, 0]).unsqueeze(0)  # [1, E]
-    mean = (ones @ first.reshape(p, e, -1)) / e  # [P, 1, A*B*k]
-    shared = mean.reshape(p, 1, first.shape[2], first.shape[3], first.shape[4]).expand_as(first)
-    if k == s.shape[-1]:
-        return shared
-    return torch.cat([shared, s[..., k:]], dim=-1)
+    mean = (ones @ s.reshape(p, e, -1)) / e  # [P, 1, A*B*K]
+    return mean.reshape(p, 1, s.shape[2], s.shape[3], s.shape[4]).expand_as(s)
 
 
-def _average_if_batched_py(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Average units [:k] over E when E > 1 (scripted below: the legacy exporter emits an ONNX If)."""
+def _average_all(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """ "full" averaging: every unit of h and c [P, E, A, B, N] replaced by its mean over E."""
+    return _mean_over_e(h), _mean_over_e(c)
+
+
+def _average_first(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """ "half" averaging: units [:k] replaced by their mean over E, the rest kept."""
+    h = torch.cat([_mean_over_e(h[..., :k]), h[..., k:]], dim=-1)
+    c = torch.cat([_mean_over_e(c[..., :k]), c[..., k:]], dim=-1)
+    return h, c
+
+
+# Scripted so that the TorchScript tracer emits ONE ONNX If on E > 1, with no
+# other control flow inside (ONNX Runtime's If inlining fails on nested Ifs).
+def _average_all_if_batched(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     if h.shape[1] > 1:
-        return _average_units(h, k), _average_units(c, k)
+        return _average_all(h, c)
+    return h, c
+
+
+def _average_first_if_batched(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    if h.shape[1] > 1:
+        return _average_first(h, c, k)
     return h, c
 
 
 with warnings.catch_warnings():  # torch.jit.script is deprecated, but it is how the TorchScript tracer gets an If
     warnings.simplefilter("ignore", DeprecationWarning)
-    _average_if_batched = torch.jit.script(_average_if_batched_py)
+    _scripted_all = torch.jit.script(_average_all_if_batched)
+    _scripted_first = torch.jit.script(_average_first_if_batched)
 
 
 def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
@@ -187,20 +207,22 @@ def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[T
     averaging (which is the identity there).
     """
     if config.batch_average != "none":
-        k = h.shape[-1] if config.batch_average == "full" else h.shape[-1] // 2
-        if _TRACING_DYNAMO:
+        full = config.batch_average == "full"
+        k = h.shape[-1] // 2
 
-            def average(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-                return _average_units(h, k), _average_units(c, k)
+        def average(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+            return _average_all(h, c) if full else _average_first(h, c, k)
+
+        if _TRACING_DYNAMO:
 
             def keep(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
                 return h.clone(), c.clone()
 
             h, c = torch.cond(h.shape[1] > 1, average, keep, (h, c))
         elif torch.jit.is_tracing():
-            h, c = _average_if_batched(h, c, k)
+            h, c = _scripted_all(h, c) if full else _scripted_first(h, c, k)
         elif h.shape[1] > 1:
-            h, c = _average_units(h, k), _average_units(c, k)
+            h, c = average(h, c)
     if config.clip is not None:
         h = h.clamp(-config.clip, config.clip)
         c = c.clamp(-config.clip, config.clip)

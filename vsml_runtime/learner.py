@@ -23,136 +23,19 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from . import format as fmt
-from .engine import INPUT_LIMIT, Device, Engine
-
-Standardize = bool | Literal["online", "online-scalar", "model"] | tuple[float, float]
+from .engine import INPUT_LIMIT, Engine
+from .inputs import Standardize, Standardizer, check_x, check_y, standardize_mode
+from .sessions import Device
 
 STATE_FORMAT = "vsml-learner-state"
 STATE_FORMAT_VERSION = 1
 _STATE_PREFIX = "state."
 _STD_PREFIX = "standardizer."
-
-
-# ---------------------------------------------------------------------------
-# input checks
-
-
-def _check_x(x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """Validated float64 copy of x with exactly ``shape``; TypeError / ValueError otherwise."""
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{what} must be real numbers (float or int), got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ValueError(f"{what} must have shape {shape}, got {arr.shape}")
-    arr = arr.astype(np.float64)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        bad = np.argwhere(~finite)
-        raise ValueError(f"{what} holds {len(bad)} NaN/inf values (first at index {tuple(bad[0])})")
-    if np.abs(arr).max(initial=0.0) > np.finfo(np.float32).max:
-        raise ValueError(f"{what} holds values beyond the float32 range")
-    return arr
-
-
-def _check_y(y: Any, shape: tuple[int, ...], n_classes: int) -> np.ndarray:
-    """Validated int64 labels in [0, n_classes) or -1 (no label)."""
-    arr = np.asarray(y)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers (class ids; -1 = no label), got dtype {arr.dtype}")
-    if arr.shape != shape:
-        raise ValueError(f"labels must have shape {shape}, got {arr.shape}")
-    arr = arr.astype(np.int64)
-    bad = (arr < -1) | (arr >= n_classes)
-    if bad.any():
-        raise ValueError(
-            f"labels must be in [0, {n_classes}) or -1 (no label); got {sorted(set(arr[bad].tolist()))[:10]}"
-        )
-    return arr
-
-
-# ---------------------------------------------------------------------------
-# online standardisation
-
-
-class _Standardizer:
-    """Running mean / variance per learner (Chan et al. parallel update), float64.
-
-    mode "online": per feature; "online-scalar": one scalar over all
-    features; "fixed": a given (mean, std); "none": identity.
-    """
-
-    def __init__(self, mode: str, n_learners: int, n_features: int, fixed: tuple[float, float] | None = None) -> None:
-        self.mode = mode
-        self.fixed = fixed
-        width = n_features if mode == "online" else 1
-        self.count = np.zeros(n_learners)
-        self.mean = np.zeros((n_learners, width))
-        self.m2 = np.zeros((n_learners, width))
-
-    @property
-    def online(self) -> bool:
-        return self.mode in ("online", "online-scalar")
-
-    def updated(self, x: np.ndarray, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(count, mean, m2) of ``rows`` after seeing x [p, E, A] (not stored)."""
-        count, mean, m2 = self.count[rows], self.mean[rows], self.m2[rows]
-        # per feature: x [p, E, A]; one scalar: [p, E*A, 1]
-        xs = x if self.mode == "online" else x.reshape(x.shape[0], -1, 1)
-        n_b = xs.shape[1]
-        mean_b = xs.mean(1)
-        m2_b = ((xs - mean_b[:, None, :]) ** 2).sum(1)
-        tot = count + n_b
-        delta = mean_b - mean
-        new_mean = mean + delta * (n_b / tot)[:, None]
-        new_m2 = m2 + m2_b + delta**2 * (count * n_b / tot)[:, None]
-        return tot, new_mean, new_m2
-
-    def apply(self, x: np.ndarray, stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None, rows: Any) -> np.ndarray:
-        """Standardise x [p, E, A] with ``stats`` (or the stored ones); float64."""
-        if self.mode == "none":
-            return x
-        if self.mode == "fixed":
-            assert self.fixed is not None
-            return (x - self.fixed[0]) / self.fixed[1]
-        count, mean, m2 = stats if stats is not None else (self.count[rows], self.mean[rows], self.m2[rows])
-        var = m2 / np.maximum(count, 1.0)[:, None]
-        return (x - mean[:, None, :]) / np.sqrt(var + 1e-6)[:, None, :]
-
-    def commit(self, stats: tuple[np.ndarray, np.ndarray, np.ndarray], rows: Any) -> None:
-        self.count[rows], self.mean[rows], self.m2[rows] = stats
-
-    def reset(self, rows: Any) -> None:
-        self.count[rows] = 0.0
-        self.mean[rows] = 0.0
-        self.m2[rows] = 0.0
-
-
-def _standardize_mode(standardize: Standardize, info: fmt.ModelInfo) -> tuple[str, tuple[float, float] | None]:
-    if standardize is False or standardize is None:
-        return "none", None
-    if standardize is True or standardize == "online":
-        return "online", None
-    if standardize == "online-scalar":
-        return "online-scalar", None
-    if standardize == "model":
-        c = info.input_contract
-        if c.mean is None or c.std is None:
-            raise ValueError("standardize='model': the model file records no input mean/std; use 'online-scalar'")
-        return "fixed", (float(c.mean), float(c.std))
-    if isinstance(standardize, tuple) and len(standardize) == 2:
-        mean, std = float(standardize[0]), float(standardize[1])
-        if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
-            raise ValueError(f"standardize=(mean, std) needs a finite mean and std > 0, got {standardize}")
-        return "fixed", (mean, std)
-    raise ValueError(
-        "standardize must be False, 'online' (per feature), 'online-scalar', 'model' or a (mean, std) tuple; "
-        f"got {standardize!r}"
-    )
 
 
 # ---------------------------------------------------------------------------
@@ -175,6 +58,7 @@ class _Base:
         standardize: Standardize,
         threads: int,
         chunk: int | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         self._lock = threading.RLock()
         self._engine = Engine(
@@ -186,26 +70,28 @@ class _Base:
             device=device,
             threads=threads,
             chunk=chunk,
+            cuda_graph=cuda_graph,
         )
         self._model_path = Path(model_path).resolve()
         self._seeds = np.asarray([int(s) for s in seeds], dtype=np.int64)
-        mode, fixed = _standardize_mode(standardize, self._engine.info)
+        mode, fixed = standardize_mode(standardize, self._engine.info)
         self._standardize_arg = standardize
-        self._std = _Standardizer(mode, n_learners, n_features, fixed)
+        self._std = Standardizer(mode, n_learners, n_features, fixed)
         self._steps = np.zeros(n_learners, np.int64)
+        self._a, self._b, self._e = self._engine.n_features, self._engine.n_classes, self._engine.n_examples
         self._engine.set_state(self._engine.initial_state(self._seeds.tolist()))
 
     # -- properties ----------------------------------------------------------
 
     @property
     def device(self) -> str:
-        """ "cpu" or "cuda": where the step runs (the provider ONNX Runtime really uses)."""
+        """Where the step runs, "cpu" or "cuda" (the provider ONNX Runtime really uses)."""
         return self._engine.device
 
     @property
     def providers(self) -> list[str]:
         """ONNX Runtime's execution providers of the step session, in priority order."""
-        return list(self._engine.session.get_providers())
+        return list(self._engine.model.session.get_providers())
 
     @property
     def n_features(self) -> int:
@@ -226,20 +112,31 @@ class _Base:
 
     # -- running -------------------------------------------------------------
 
-    def _prepare(self, x: np.ndarray, rows: Any, update: bool) -> tuple[np.ndarray, Any]:
-        """Standardise (float64 -> clipped float32); returns (x32, new standardiser stats or None)."""
+    def _standardised(self, x: np.ndarray, rows: Any, update: bool) -> tuple[np.ndarray, Any]:
+        """(x standardised, new standardiser stats or None); x itself when no standardiser."""
+        if self._std.mode == "none":
+            return x, None
         stats = self._std.updated(x, rows) if (update and self._std.online) else None
-        xs = self._std.apply(x, stats, rows)
+        return self._std.apply(x, stats, rows), stats
+
+    def _prepare(self, x: np.ndarray, rows: Any, update: bool) -> tuple[np.ndarray, Any]:
+        """Standardise, clip to +-INPUT_LIMIT, float32: (x32 [p, E, A], new standardiser stats or None)."""
+        xs, stats = self._standardised(x, rows, update)
         return np.clip(xs, -INPUT_LIMIT, INPUT_LIMIT).astype(np.float32), stats
 
-    def _step_all(self, x: np.ndarray, y: np.ndarray, commit: bool) -> np.ndarray:
-        """x [P, E, A] float64, y [P, E] -> logits [P, E, B]; state and stats change only if commit."""
-        rows = slice(None)
-        x32, stats = self._prepare(x, rows, update=commit)
-        logits = self._engine.step(x32, y, commit=commit)
+    def _step_all(self, x: np.ndarray, y: np.ndarray | int, commit: bool) -> np.ndarray:
+        """x [P, E, A] (any real dtype), y [P, E] or an int -> logits [P, E, B] (the engine's buffer).
+
+        The state and the standardiser's statistics change only if ``commit``.
+        """
+        eng = self._engine
+        xs, stats = self._standardised(x, slice(None), commit)
+        np.clip(xs.reshape(eng.x_buffer.shape), -INPUT_LIMIT, INPUT_LIMIT, out=eng.x_buffer, casting="unsafe")
+        eng.y_buffer[...] = y
+        logits = eng.run(commit)
         if commit:
             if stats is not None:
-                self._std.commit(stats, rows)
+                self._std.commit(stats, slice(None))
             self._steps += 1
         return logits
 
@@ -415,6 +312,8 @@ class Learner(_Base):
             the meta-training contract), "model" (the mean/std recorded in
             the model file), or a fixed (mean, std).
         threads: ONNX Runtime intra-op threads on CPU (default 1; no spinning).
+        cuda_graph: on CUDA, replay each step as a captured CUDA graph (less
+            launch overhead for small models; opt-in).
 
     Example::
 
@@ -438,6 +337,7 @@ class Learner(_Base):
         examples_per_step: int = 1,
         standardize: Standardize = False,
         threads: int = 1,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(
             model_path,
@@ -449,6 +349,7 @@ class Learner(_Base):
             examples_per_step=examples_per_step,
             standardize=standardize,
             threads=threads,
+            cuda_graph=cuda_graph,
         )
 
     @property
@@ -456,16 +357,17 @@ class Learner(_Base):
         """Number of ``learn`` steps since construction / the last reset."""
         return int(self._steps[0])
 
-    def _shape_in(self, x: Any, y: Any | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        """-> (x [1, E, A], y [1, E] or None, single) validated."""
-        e, a = self.examples_per_step, self.n_features
-        arr = np.asarray(x)
+    def _shape_in(self, x: Any, y: Any | None) -> tuple[np.ndarray, np.ndarray | int | None, bool]:
+        """-> (x [1, E, A], y [1, E] / an int / None, single) validated."""
+        e, a = self._e, self._a
+        arr = x if type(x) is np.ndarray else np.asarray(x)
         single = e == 1 and arr.ndim == 1
-        xs = _check_x(arr, (a,) if single else (e, a), "x")
+        xs = check_x(arr, (a,) if single else (e, a), "x")
         ys = None
         if y is not None:
-            ys = _check_y(y, () if single else (e,), self.n_classes)
-            ys = ys.reshape(1, e)
+            ys = check_y(y, () if single else (e,), self._b)
+            if not isinstance(ys, int):
+                ys = ys.reshape(1, e)
         return xs.reshape(1, e, a), ys, single
 
     def learn(self, x: Any, y: Any, *, return_logits: bool = False) -> Any:
@@ -497,8 +399,8 @@ class Learner(_Base):
             arr = np.asarray(xs)
             squeeze = e == 1 and arr.ndim == 2
             t = arr.shape[0] if arr.ndim else 0
-            xv = _check_x(arr, (t, a) if squeeze else (t, e, a), "xs")
-            yv = _check_y(ys, (t,) if squeeze else (t, e), self.n_classes)
+            xv = check_x(arr, (t, a) if squeeze else (t, e, a), "xs")
+            yv = check_y(ys, (t,) if squeeze else (t, e), self.n_classes)
             xv, yv = xv.reshape(t, 1, e, a), yv.reshape(t, 1, e)
             out = np.empty((t, e, self.n_classes), np.float32)
             for i in range(t):
@@ -518,7 +420,7 @@ class Learner(_Base):
             e, a = self.examples_per_step, self.n_features
             arr = np.asarray(x)
             if e == 1 and arr.ndim == 2:
-                xs = _check_x(arr, (arr.shape[0], a), "x").reshape(1, arr.shape[0], a)
+                xs = check_x(arr, (arr.shape[0], a), "x").reshape(1, arr.shape[0], a)
                 if arr.shape[0] == 0:
                     raise ValueError("x has no rows")
                 logits = self._predict_rows_tiled(slice(0, 1), xs)[0]
@@ -588,6 +490,7 @@ class LearnerPool(_Base):
         standardize: Standardize = False,
         threads: int = 1,
         chunk: int | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         if isinstance(n_learners, bool) or not isinstance(n_learners, int | np.integer) or n_learners < 1:
             raise ValueError(f"n_learners must be an integer >= 1, got {n_learners!r}")
@@ -602,6 +505,7 @@ class LearnerPool(_Base):
             standardize=standardize,
             threads=threads,
             chunk=chunk,
+            cuda_graph=cuda_graph,
         )
 
     @property
@@ -627,10 +531,10 @@ class LearnerPool(_Base):
         e, a = self.examples_per_step, self.n_features
         arr = np.asarray(x)
         flat = e == 1 and arr.ndim == 2
-        xs = _check_x(arr, (p, a) if flat else (p, e, a), "x").reshape(p, e, a)
+        xs = check_x(arr, (p, a) if flat else (p, e, a), "x").reshape(p, e, a)
         ys = None
         if y is not None:
-            ys = _check_y(y, (p,) if flat else (p, e), self.n_classes).reshape(p, e)
+            ys = check_y(y, (p,) if flat else (p, e), self.n_classes).reshape(p, e)
         return xs, ys, flat
 
     def learn(self, x: Any, y: Any, *, learners: Any = None, return_logits: bool = False) -> Any:
@@ -695,8 +599,8 @@ class LearnerPool(_Base):
 
 
 def _result(logits: np.ndarray, single: bool, return_logits: bool) -> Any:
-    """Argmax predictions (int for a single example), optionally with the logits."""
+    """Argmax predictions (int for a single example), optionally with a copy of the logits."""
     preds = logits.argmax(-1)
     if single:
         preds, logits = int(preds[0]), logits[0]
-    return (preds, logits) if return_logits else preds
+    return (preds, logits.copy()) if return_logits else preds
