@@ -19,6 +19,7 @@ state and IOBindings.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -71,8 +72,27 @@ def session_options(threads: int, dims: dict[str, int] | None = None) -> ort.Ses
 def _providers(kind: str, dev_id: int, cuda_graph: bool) -> list[Any]:
     if kind == "cpu":
         return ["CPUExecutionProvider"]
-    opts = {"device_id": str(dev_id), "enable_cuda_graph": "1" if cuda_graph else "0"}
+    opts = {
+        "device_id": str(dev_id),
+        "enable_cuda_graph": "1" if cuda_graph else "0",
+        "use_tf32": "0",  # full fp32 GEMMs: the learner must match the exported step's numbers
+    }
     return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
+
+
+_PRELOADED = False
+
+
+def _preload_cuda_libraries() -> None:
+    """Let ONNX Runtime find CUDA / cuDNN installed as pip packages (``pip install "vsml[gpu]"``)."""
+    global _PRELOADED
+    if _PRELOADED:
+        return
+    _PRELOADED = True
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):  # best effort: the session creation reports what is missing
+            preload()
 
 
 def make_session(
@@ -98,6 +118,7 @@ def make_session(
                 'install the GPU build: pip uninstall onnxruntime && pip install "vsml[gpu]"'
             )
         else:
+            _preload_cuda_libraries()
             try:
                 sess = ort.InferenceSession(
                     model_bytes, session_options(threads, dims), providers=_providers("cuda", dev_id, cuda_graph)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# GPU check of vsml-export + vsml_runtime, prepared to run on a bare NVIDIA machine (python3 with torch,
+# onnx, onnxscript, click, numpy and pytest installed, no PyPI): parity tests and the runtime benchmark
+# with ONNX Runtime's CUDA provider; logs go to $OUT (default /tmp/vsml_gpu_out).
+#
+# ONNX Runtime GPU travels in parts made by bench/gpu_wheels.sh (at most 64 MiB reach the machine per
+# call), staged on the machine while it stays warm:
+#
+#   call 1..K-1:  carry [".whl/ort-gpu.partNN"]                      bash bench/gpu_check.sh stage
+#   call K:       carry [".whl/ort-gpu.partLAST", ".whl/ort-gpu.sha256"]   bash bench/gpu_check.sh run
+#
+# (If onnxruntime-gpu can be installed some other way, `bash bench/gpu_check.sh run` works without parts.)
+# Each part below has its own time limit (420 s in all), so a run stays under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-run}
+STAGE=/tmp/vsml_gpu
+OUT=${OUT:-/tmp/vsml_gpu_out}
+mkdir -p "$STAGE/parts" "$OUT"
+
+stage_parts() {
+  shopt -s nullglob
+  for p in .whl/ort-gpu.part*; do cp -f "$p" "$STAGE/parts/"; done
+  [ -f .whl/ort-gpu.sha256 ] && cp -f .whl/ort-gpu.sha256 "$STAGE/"
+  echo "staged: $(ls "$STAGE/parts" | tr '\n' ' ')"
+}
+
+if [ "$MODE" = "stage" ]; then
+  stage_parts
+  exit 0
+fi
+
+start=$(date +%s)
+stage_parts
+{
+  echo "== machine"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+  nproc; python3 --version
+} 2>&1 | tee "$OUT/env.txt"
+
+# ONNX Runtime GPU: from the staged parts when present, else whatever is installed
+if ls "$STAGE"/parts/ort-gpu.part* >/dev/null 2>&1; then
+  if [ ! -f "$STAGE/site/onnxruntime/__init__.py" ]; then
+    cat "$STAGE"/parts/ort-gpu.part* > "$STAGE/ort-gpu.tar.xz"
+    if [ -f "$STAGE/ort-gpu.sha256" ]; then
+      echo "$(cat "$STAGE/ort-gpu.sha256")  $STAGE/ort-gpu.tar.xz" | sha256sum -c - || { echo "parts incomplete"; exit 3; }
+    fi
+    mkdir -p "$STAGE/site" && xz -dc "$STAGE/ort-gpu.tar.xz" | tar -xi -C "$STAGE/site" && rm -f "$STAGE/ort-gpu.tar.xz"
+  fi
+  export PYTHONPATH="$STAGE/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+# the project's packages under their import names (the repo maps train/ -> vsml_train, export/ -> vsml_export)
+mkdir -p "$STAGE/pkgs"
+ln -sfn "$PWD/train" "$STAGE/pkgs/vsml_train"
+ln -sfn "$PWD/export" "$STAGE/pkgs/vsml_export"
+ln -sfn "$PWD/vsml_runtime" "$STAGE/pkgs/vsml_runtime"
+export PYTHONPATH="$STAGE/pkgs:$PYTHONPATH"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+
+python3 - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
+import onnxruntime as ort, numpy, torch
+print("onnxruntime", ort.__version__, ort.get_available_providers())
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print("numpy", numpy.__version__)
+EOF
+
+rc=0
+echo "== tests (CUDA provider: the Learner's device='auto' picks it)" | tee "$OUT/tests.log"
+timeout 120 python3 -m pytest -q -p no:cacheprovider -s tests/test_runtime_gpu.py tests/test_runtime_stream.py \
+  tests/test_runtime_learner.py tests/test_export_parity.py 2>&1 | tail -n 60 | tee -a "$OUT/tests.log"
+rc=$((rc | ${PIPESTATUS[0]}))
+
+echo "== benchmark, CUDA (no torch.compile)" | tee "$OUT/bench_cuda.log"
+timeout 100 python3 bench/runtime.py --device cuda --no-compile --budget 0.5 --json "$OUT/bench_cuda.json" 2>&1 \
+  | tee -a "$OUT/bench_cuda.log"
+echo "== benchmark, CUDA with torch.compile, one example per step" | tee -a "$OUT/bench_cuda.log"
+timeout 70 python3 bench/runtime.py --device cuda --budget 0.5 --cases 784-10-n16-e1,64-10-n16-e1 \
+  --json "$OUT/bench_cuda_compile.json" 2>&1 | tee -a "$OUT/bench_cuda.log"
+echo "== benchmark, CPU of this host (1 thread), one example per step, with torch.compile" | tee "$OUT/bench_cpu.log"
+timeout 110 python3 bench/runtime.py --device cpu --budget 0.5 --cases 784-10-n16-e1,64-10-n16-e1,784-32-10-n16-e1 \
+  --json "$OUT/bench_cpu.json" 2>&1 | tee -a "$OUT/bench_cpu.log"
+echo "== done in $(( $(date +%s) - start ))s, tests rc=$rc" | tee -a "$OUT/env.txt"
+exit $rc
