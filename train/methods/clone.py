@@ -9,8 +9,14 @@ weight of a tanh layer trained by online SGD (targets in
 2. a pool of Q problems whose states carry over from one short window to the
    next (states hundreds to thousands of steps old, like a deployed learner
    late in a stream); each window re-anchors the teacher to what the cell
-   stores now, so the loss measures new drift only. Without this stage the
-   stored weights drift after some hundred steps and accuracy collapses.
+   stores now, so the loss measures new drift only. Without this stage (the
+   probe of reference section 8 found) the stored weights drift after some
+   hundred steps and accuracy collapses.
+
+The defaults are the recipe that worked on one CPU thread: 5,000 updates
+(500 of stage 1) of 500 cells, every fourth with 16 averaged examples, about
+25 minutes; the clone's mean online accuracy over 2,000 steps then came
+within 1 point of the SGD it imitates on MNIST and Fashion-MNIST.
 
 Scaling. With the logit gain G, the reduction over inputs (1 for "sum", A for
 "mean") and the cell's own step size s (``update_scale``), a cell holding w~
@@ -123,9 +129,9 @@ class CloneOptions:
     w_std_max: float = 0.05
     lr: float = 5e-3
     lr_final: float = 5e-4
-    decay_iterations: int = 0
-    batch: int = 512
-    examples: tuple[int, ...] = (1,)
+    decay_iterations: int = 5000
+    batch: int = 500
+    examples: tuple[int, ...] = (1, 1, 1, 16)
     beta: float = 1.0
     fwd_weight: float = 0.25
     fwd_centered_weight: float = 1.0
