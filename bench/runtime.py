@@ -145,6 +145,7 @@ def bench_case(case: Case, folder: Path, device: str, compile_: bool, budget_s: 
     row["ort_ms"] = _time(ort_fn, budget_s)
     row["eager_ms"] = _time(torch_runner(make_step_fn(config)), budget_s)
     if compile_:
+        torch._dynamo.reset()  # a fresh cache per case: past 8 recompiles dynamo silently falls back to eager
         compiled = torch_runner(make_step_fn(config, compile=True))
         compiled()  # compile outside the timing
         row["compile_ms"] = _time(compiled, budget_s)

@@ -92,7 +92,7 @@ def _finite(learner: Learner | LearnerPool) -> bool:
 def test_extreme_inputs_keep_state_finite(onnx_path: Path) -> None:
     for standardize in (False, "online"):
         learner = Learner(onnx_path, 4, 3, standardize=standardize)
-        _hammer(learner, 10_000, seed=1)
+        _hammer(learner, 5_000, seed=1)
         assert _finite(learner)
         bound = learner.info.clip
         assert bound is not None

@@ -76,7 +76,7 @@ def test_learner_stream_matches_run_episode(name: str, tmp_path: Path) -> None:
     overrides, e = STREAM_CONFIGS[name]
     config = VSMLConfig(**overrides)
     model = ModelFile(config, init_params(config, 1), {})
-    a, b, t = 9, 4, 300
+    a, b, t = 9, 4, 200
     learner = Learner(_export(tmp_path, model), a, b, seed=5, examples_per_step=e)
     x, y = _blobs(t, e, a, b, seed=2)
     out = compare_stream(learner, model, x, y)
