@@ -1,0 +1,199 @@
+"""Tracing ONE call of the VSML step (and of the initial state) into ONNX graphs.
+
+Dimension letters: P learners, E examples per step, A inputs, B classes,
+H1.. hidden layer sizes, N state, M message.
+
+The graphs are traced at small sizes chosen to be distinct (and unlike N, M
+and 1) with P, E, A, B and the hidden sizes marked dynamic, so that no tracer
+can confuse two axes or bake a size-1 special case in; ``verify`` then runs
+them at other sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import warnings
+from collections.abc import Iterator
+
+import onnx
+import torch
+from torch import Tensor
+
+from vsml_runtime import format as fmt
+from vsml_train.config import VSMLConfig
+from vsml_train.state import init_state, state_names
+
+from .kernels import export_kernels
+from .module import InitModule, StepModule
+from .options import ExportError, ExportOptions
+
+# sizes the graphs are traced at: all distinct and different from N, M and 1,
+# so that no tracer can confuse two axes or bake a size-1 special case
+_TRACE_P, _TRACE_E, _TRACE_A, _TRACE_B = 2, 3, 7, 5
+_TRACE_HIDDEN = (6, 9, 11, 13, 15, 17)
+
+
+def size_names(config: VSMLConfig) -> list[str]:
+    """Names of the layer sizes: ["A", "H1", ..., "B"]."""
+    return ["A", *(f"H{i + 1}" for i in range(len(config.hidden))), "B"]
+
+
+def state_spec(config: VSMLConfig) -> fmt.StateSpec:
+    """Names and axes of the state tensors (``vsml_train.state`` layout)."""
+    sizes = size_names(config)
+    layout: dict[str, tuple[str, ...]] = {}
+    for name in state_names(config):
+        if name == "t":
+            layout[name] = ("P", "E")
+            continue
+        kind, k = name.rsplit("_", 1)
+        k_i = int(k)
+        if kind in ("h", "c"):
+            layout[name] = ("P", "E", sizes[k_i], sizes[k_i + 1], "N")
+        else:  # bwd_k: message layer k receives, one per output of layer k
+            layout[name] = ("P", "E", sizes[k_i + 1], "M")
+    dims = {"N": config.state_size, "M": config.msg_size, "H": config.state_size // 2}
+    dims.update({s: h for s, h in zip(sizes[1:-1], config.hidden, strict=True)})
+    return fmt.StateSpec(names=tuple(state_names(config)), layout=layout, sizes=tuple(sizes), dims=dims)
+
+
+def init_spec(config: VSMLConfig) -> fmt.InitSpec:
+    """The noise the runtime draws for the init graph."""
+    return fmt.InitSpec(
+        noise_inputs=tuple(f"noise_{k}" for k in range(config.n_layers)),
+        noise_layout=("P", "A_k", "B_k", "H"),
+        distribution="truncated_normal",
+        low=-2.0,
+        high=2.0,
+    )
+
+
+# ---------------------------------------------------------------------------
+# tracing
+
+
+def _example_state(
+    params: dict[str, Tensor], config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int
+) -> dict[str, Tensor]:
+    """A random state (non-zero h, c, bwd, t) with the given layer sizes."""
+    cfg = config.replace(hidden=tuple(sizes[1:-1]))
+    gen = torch.Generator().manual_seed(seed)
+    st = init_state(cfg, sizes[0], sizes[-1], p, e, generator=gen, params=params).to_dict()
+    out = {}
+    for name, t in st.items():
+        out[name] = (torch.rand(t.shape, generator=gen) * 2 - 1) * (0.9 if name != "t" else 0) + t
+        if name == "t":
+            out[name] = torch.full(t.shape, 3.0)
+    return out
+
+
+def step_args(
+    params: dict[str, Tensor], config: VSMLConfig, p: int, e: int, sizes: list[int], seed: int
+) -> tuple[Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed + 1)
+    st = _example_state(params, config, p, e, sizes, seed)
+    x = torch.randn(p, e, sizes[0], generator=gen)
+    y = torch.randint(-1, sizes[-1], (p, e), generator=gen)
+    return (*(st[n] for n in state_names(config)), x, y)
+
+
+def trace_sizes(config: VSMLConfig) -> list[int]:
+    return [_TRACE_A, *_TRACE_HIDDEN[: len(config.hidden)], _TRACE_B]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints and warnings (errors still raise)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def _to_onnx(
+    module: torch.nn.Module,
+    args: tuple[Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    axes: list[dict[int, str]],
+    options: ExportOptions,
+) -> onnx.ModelProto:
+    """Export ``module(*args)`` with the named dynamic axes; returns the ModelProto."""
+    if options.exporter == "dynamo":
+        from torch.export import Dim
+
+        dims: dict[str, Dim] = {}
+        shapes = []
+        for ax in axes:
+            shapes.append({i: dims.setdefault(name, Dim(name, min=1)) for i, name in ax.items()})
+        program = torch.onnx.export(
+            module,
+            args,
+            None,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=options.opset,
+            dynamo=True,
+            dynamic_shapes=(tuple(shapes),),
+        )
+        assert program is not None
+        return program.model_proto
+    if options.exporter == "legacy":
+        buf = io.BytesIO()
+        torch.onnx.export(
+            module,
+            args,
+            buf,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=options.opset,
+            dynamo=False,
+            dynamic_axes={n: ax for n, ax in zip(input_names, axes, strict=True)},
+        )
+        return onnx.load_from_string(buf.getvalue())
+    raise ExportError(f"unknown exporter {options.exporter!r}; expected 'dynamo' or 'legacy'")
+
+
+def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
+    """The step graph (no metadata yet)."""
+    spec = state_spec(config)
+    names = list(spec.names)
+    inputs = [*names, fmt.X_NAME, fmt.Y_NAME]
+    outputs = [fmt.NEW_PREFIX + n for n in names] + [fmt.LOGITS_NAME]
+    axes = [dict(enumerate(spec.layout[n])) for n in names]
+    axes = [{i: a for i, a in ax.items() if a not in ("N", "M")} for ax in axes]
+    axes += [{0: "P", 1: "E", 2: spec.sizes[0]}, {0: "P", 1: "E"}]
+    args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
+    dynamo = options.exporter == "dynamo"
+    with _quiet(), torch.no_grad():
+        if options.tuned:
+            with export_kernels(dynamo=dynamo) as impl:
+                module = StepModule(params, config, impl=impl).eval()  # type: ignore[arg-type]
+                return _to_onnx(module, args, inputs, outputs, axes, options)
+        module = StepModule(params, config).eval()
+        return _to_onnx(module, args, inputs, outputs, axes, options)
+
+
+def trace_init(params: dict[str, Tensor], config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
+    """The init graph (no metadata yet)."""
+    spec = state_spec(config)
+    ispec = init_spec(config)
+    sizes = trace_sizes(config)
+    h = config.state_size // 2
+    gen = torch.Generator().manual_seed(0)
+    noise = [torch.randn(_TRACE_P, a, b, h, generator=gen).clamp(-2, 2) for a, b in itertools.pairwise(sizes)]
+    args = (*noise, torch.zeros(_TRACE_E))
+    axes = [{0: "P", 1: spec.sizes[k], 2: spec.sizes[k + 1]} for k in range(config.n_layers)] + [{0: "E"}]
+    with _quiet(), torch.no_grad():
+        module = InitModule(params, config).eval()
+        return _to_onnx(module, args, [*ispec.noise_inputs, fmt.EXAMPLES_NAME], list(spec.names), axes, options)
