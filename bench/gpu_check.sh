@@ -10,7 +10,7 @@
 #   call K:       carry [".whl/ort-gpu.partLAST", ".whl/ort-gpu.sha256"]   bash bench/gpu_check.sh run
 #
 # (If onnxruntime-gpu can be installed some other way, `bash bench/gpu_check.sh run` works without parts.)
-# Each part below has its own time limit (420 s in all), so a run stays under 8 minutes.
+# Each part below has its own time limit (460 s in all), so a run stays under 8 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -70,13 +70,14 @@ timeout 120 python3 -m pytest -q -p no:cacheprovider -s tests/test_runtime_gpu.p
 rc=$((rc | ${PIPESTATUS[0]}))
 
 echo "== benchmark, CUDA (no torch.compile)" | tee "$OUT/bench_cuda.log"
-timeout 100 python3 bench/runtime.py --device cuda --no-compile --budget 0.5 --json "$OUT/bench_cuda.json" 2>&1 \
+timeout 100 python3 bench/runtime.py --device cuda --no-compile --cuda-graph --budget 0.5 --json "$OUT/bench_cuda.json" 2>&1 \
   | tee -a "$OUT/bench_cuda.log"
 echo "== benchmark, CUDA with torch.compile, one example per step" | tee -a "$OUT/bench_cuda.log"
-timeout 70 python3 bench/runtime.py --device cuda --budget 0.5 --cases 784-10-n16-e1,64-10-n16-e1 \
+timeout 90 python3 bench/runtime.py --device cuda --budget 0.5 --cases 784-10-n16-e1,784-10-n32-e1,64-10-n16-e1 \
   --json "$OUT/bench_cuda_compile.json" 2>&1 | tee -a "$OUT/bench_cuda.log"
 echo "== benchmark, CPU of this host (1 thread), one example per step, with torch.compile" | tee "$OUT/bench_cpu.log"
-timeout 110 python3 bench/runtime.py --device cpu --budget 0.5 --cases 784-10-n16-e1,64-10-n16-e1,784-32-10-n16-e1 \
+timeout 150 python3 bench/runtime.py --device cpu --budget 0.5 \
+  --cases 784-10-n16-e1,784-10-n32-e1,64-10-n16-e1,784-32-10-n16-e1,784-10-n16-pool64 \
   --json "$OUT/bench_cpu.json" 2>&1 | tee -a "$OUT/bench_cpu.log"
 echo "== done in $(( $(date +%s) - start ))s, tests rc=$rc" | tee -a "$OUT/env.txt"
 exit $rc

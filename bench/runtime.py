@@ -101,7 +101,9 @@ def _time(fn: Callable[[], object], budget_s: float, min_reps: int = 3) -> float
     return statistics.median(out)
 
 
-def bench_case(case: Case, folder: Path, device: str, compile_: bool, budget_s: float) -> dict:
+def bench_case(
+    case: Case, folder: Path, device: str, compile_: bool, budget_s: float, cuda_graph: bool = False
+) -> dict:
     """ms per step of ORT / eager / compile for one case."""
     config = case.config()
     params = init_params(config, 0)
@@ -143,6 +145,14 @@ def bench_case(case: Case, folder: Path, device: str, compile_: bool, budget_s: 
 
     row: dict = {"case": case.name, "ort_device": ort_device, "jax_ms": case.jax_ms}
     row["ort_ms"] = _time(ort_fn, budget_s)
+    row["ort_graph_ms"] = None
+    if cuda_graph and ort_device == "cuda":  # the same call with the step replayed as a CUDA graph
+        if case.p == 1:
+            g = Learner(onnx_path, case.a, case.b, device=device, examples_per_step=case.e, cuda_graph=True)
+            row["ort_graph_ms"] = _time(lambda: g.learn(xs, ys), budget_s)
+        else:
+            gp = LearnerPool(onnx_path, case.p, case.a, case.b, device=device, cuda_graph=True)
+            row["ort_graph_ms"] = _time(lambda: gp.learn(xs, ys), budget_s)
     row["eager_ms"] = _time(torch_runner(make_step_fn(config)), budget_s)
     if compile_:
         torch._dynamo.reset()  # a fresh cache per case: past 8 recompiles dynamo silently falls back to eager
@@ -161,12 +171,15 @@ def _fmt(v: float | None, spec: str = "8.3f") -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'case':24} {'ort ms':>8} {'eager ms':>9} {'compile':>8} {'eager/ort':>9} {'comp/ort':>8} {'JAX ms':>7}")
+    graph = any(r.get("ort_graph_ms") is not None for r in rows)
+    head = f"{'case':24} {'ort ms':>8} {'eager ms':>9} {'compile':>8} {'eager/ort':>9} {'comp/ort':>8} {'JAX ms':>7}"
+    print(head + (f" {'ort+cudagraph':>13}" if graph else ""))
     for r in rows:
-        print(
+        line = (
             f"{r['case']:24} {_fmt(r['ort_ms'])} {_fmt(r['eager_ms'], '9.3f')} {_fmt(r['compile_ms'])} "
             f"{_fmt(r['eager_over_ort'], '9.2f')} {_fmt(r['compile_over_ort'], '8.2f')} {_fmt(r['jax_ms'], '7.2f')}"
         )
+        print(line + (f" {_fmt(r.get('ort_graph_ms'), '13.3f')}" if graph else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=1.5, help="seconds of timing per measurement")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (ORT uses the Learner default, 1)")
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
+    ap.add_argument("--cuda-graph", action="store_true", help="on CUDA, also time Learner(cuda_graph=True)")
     ap.add_argument(
         "--clock",
         default="auto",
@@ -201,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in wanted:
-            rows.append(bench_case(case, Path(tmp), args.device, not args.no_compile, args.budget))
+            rows.append(bench_case(case, Path(tmp), args.device, not args.no_compile, args.budget, args.cuda_graph))
             r = rows[-1]
             line = f"  {case.name}: ort {r['ort_ms']:.3f} ms ({r['ort_device']}), eager {r['eager_ms']:.3f} ms"
+            if r["ort_graph_ms"] is not None:
+                line += f", ort with CUDA graph {r['ort_graph_ms']:.3f} ms"
             print(line, flush=True)
     print()
     print_table(rows)
