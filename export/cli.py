@@ -42,7 +42,7 @@ def _parse_clip(value: str | None) -> object:
     help="State averaging over the examples of one step; default: the model's.",
 )
 @click.option("--no-verify", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check (not recommended).")
-@click.option("--untuned", is_flag=True, help="Trace the plain fast step instead of the export-tuned kernels.")
+@click.option("--untuned", is_flag=True, help="Trace the plain blocked step instead of the export-tuned impl.")
 def main(
     model_pt: str,
     out_onnx: str,

@@ -8,7 +8,7 @@ Pipeline (``export_model``):
 1. load the model file (``vsml_train.model_file.load_model``), apply the
    export-time overrides (clip bound, batch averaging) to its config;
 2. trace ONE call of ``vsml_train.step.step`` (``StepModule``) with the
-   export-tuned kernels swapped in (``kernels.export_kernels``), at small
+   export-tuned impl (``impl="export"``, ``vsml_train.step_export``), at small
    sizes chosen to be distinct, with P, E, A, B and hidden sizes marked
    dynamic; trace ``InitModule`` the same way;
 3. stamp the metadata (``vsml_runtime.format``), run ``onnx.checker``;
@@ -20,12 +20,12 @@ Pipeline (``export_model``):
 
 Exporters: ``legacy`` (the TorchScript tracer, ``dynamo=False``; the default)
 and ``dynamo`` (``torch.export``). Both give graphs of the same speed in ONNX
-Runtime (the tuned kernels make the E > 1 averaging an ONNX ``If`` in both).
+Runtime (the export impl makes the E > 1 averaging an ONNX ``If`` in both).
 The default is the legacy tracer because it exports in about a second where
 dynamo takes tens of seconds, and because dynamo was seen to bake a
-dynamic size into the graph silently (``math.sqrt`` of a symbolic size in
-``state_from_noise`` specialised A to the trace value without an error); the
-verification step catches such graphs whichever exporter made them.
+dynamic size into the graph silently (``math.sqrt`` of a symbolic size, once
+in ``state_from_noise``, specialised A to the trace value without an error);
+the verification step catches such graphs whichever exporter made them.
 """
 
 from __future__ import annotations

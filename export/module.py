@@ -10,8 +10,9 @@ graph's inputs. Labels arrive as int64 with -1 = "no label" and become one-hot
 inside the graph, so the runtime never computes anything about the model.
 
 ``InitModule`` maps standard normal noise truncated at +-2 to a fresh state
-(``vsml_train.state.state_from_noise``, reference section 3, "Initial
-state"); the runtime only draws the noise.
+by tracing ``vsml_train.state.state_from_noise`` itself (reference section 3,
+"Initial state"; every size stays symbolic there); the runtime only draws the
+noise.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from vsml_train.config import VSMLConfig
 from vsml_train.params import Params
-from vsml_train.state import VSMLState, state_names
+from vsml_train.state import VSMLState, state_from_noise, state_names
 from vsml_train.step import Impl, step
 
 
@@ -75,47 +76,6 @@ class StepModule(torch.nn.Module):
         return (*(d[name] for name in self.names), logits)
 
 
-def state_from_noise_traceable(config: VSMLConfig, params: Params, noise: list[Tensor], examples: Tensor) -> VSMLState:
-    """``vsml_train.state.state_from_noise`` written so that every size stays symbolic when traced.
-
-    The original computes std = init_scale / math.sqrt(A_k) in Python, which a
-    tracer bakes in as the trace-time A. Here A_k is read as a float64 tensor
-    from the noise's shape, so the graph works for any A; the arithmetic
-    (float64 sqrt and division, then float32) gives the same float32 numbers.
-    The exporter verifies this function's graph against ``state_from_noise``.
-
-    Args:
-        noise: per layer k, [P, A_k, B_k, H] standard normal draws truncated at +-2.
-        examples: [E]; only its length is used.
-    """
-    n, m = config.state_size, config.msg_size
-    e = examples.shape[0]
-    hs, cs, bwds = [], [], []
-    for k, z in enumerate(noise):
-        a_f = torch.ones_like(z[0, :, 0, 0], dtype=torch.float64).sum()  # A_k, symbolic
-        std = (config.init_scale / torch.sqrt(a_f)).to(z.dtype)
-        if config.init_mode == "random":
-            c = torch.cat([z * std, torch.zeros_like(z)], dim=-1)  # [P, A, B, N]
-            h = torch.zeros_like(c)
-        else:
-            enc_c, enc_h = params["init_enc_c"], params["init_enc_h"]
-            if not config.shared_params:
-                enc_c, enc_h = enc_c[k], enc_h[k]
-            w = z[..., :1] * std  # [P, A, B, 1]: one random weight per cell
-            c, h = w * enc_c, w * enc_h
-        hs.append(h.unsqueeze(1).expand(-1, e, -1, -1, n))
-        cs.append(c.unsqueeze(1).expand(-1, e, -1, -1, n))
-        b0 = torch.zeros_like(z[:, 0, :, :1])  # [P, B, 1]
-        bwds.append(torch.cat([b0] * m, dim=-1).unsqueeze(1).expand(-1, e, -1, -1))
-    t = torch.zeros_like(examples, dtype=noise[0].dtype).unsqueeze(0).expand(noise[0].shape[0], -1)
-    return VSMLState(
-        h=tuple(hs),
-        c=tuple(cs),
-        bwd=tuple(bwds) if not config.backward_pass else (),
-        t=t if config.time_input else None,
-    )
-
-
 class InitModule(torch.nn.Module):
     """forward(*noise, examples) -> fresh state tensors in ``state_names`` order.
 
@@ -137,5 +97,6 @@ class InitModule(torch.nn.Module):
         if len(inputs) != k + 1:
             raise TypeError(f"InitModule expects {k} noise tensors and examples; got {len(inputs)} tensors")
         params = {name: getattr(self, f"vm_{name}") for name in self._param_names}
-        d = state_from_noise_traceable(self.config, params, list(inputs[:k]), inputs[k]).to_dict()
+        # E read from the examples tensor's shape, so that it stays a dynamic axis when traced
+        d = state_from_noise(self.config, params, list(inputs[:k]), inputs[k].shape[0]).to_dict()
         return tuple(d[name] for name in self.names)

@@ -26,8 +26,8 @@ class ExportOptions:
         exporter: "legacy" (TorchScript tracer, default) or "dynamo" (torch.export).
         clip: override of the state clip bound (None disables); default: the model's.
         batch_average: override of the averaging mode; default: the model's.
-        tuned: trace with the export-tuned kernels (``kernels.py``); False
-            traces ``visit_fast`` as is (slower graph, same numbers).
+        tuned: trace ``step(..., impl="export")`` (``vsml_train.step_export``);
+            False traces ``impl="blocked"`` (slower graph, same numbers).
         verify: compare ONNX Runtime with PyTorch before writing.
     """
 

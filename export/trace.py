@@ -26,7 +26,6 @@ from vsml_runtime import format as fmt
 from vsml_train.config import VSMLConfig
 from vsml_train.state import init_state, state_names
 
-from .kernels import export_kernels
 from .module import InitModule, StepModule
 from .options import ExportError, ExportOptions
 
@@ -174,13 +173,8 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     axes = [{i: a for i, a in ax.items() if a not in ("N", "M")} for ax in axes]
     axes += [{0: "P", 1: "E", 2: spec.sizes[0]}, {0: "P", 1: "E"}]
     args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
-    dynamo = options.exporter == "dynamo"
     with _quiet(), torch.no_grad():
-        if options.tuned:
-            with export_kernels(dynamo=dynamo) as impl:
-                module = StepModule(params, config, impl=impl).eval()  # type: ignore[arg-type]
-                return _to_onnx(module, args, inputs, outputs, axes, options)
-        module = StepModule(params, config).eval()
+        module = StepModule(params, config, impl="export" if options.tuned else "blocked").eval()
         return _to_onnx(module, args, inputs, outputs, axes, options)
 
 

@@ -3,8 +3,8 @@
 From the same state, 20 consecutive steps (each fed the PyTorch state), the
 logits and every state tensor agree within 1e-5, for one and two layers, one
 and several examples per step, every batch-averaging mode, with and without
-the backward pass and LayerNorm. The export-tuned kernels are also compared
-with ``visit_fast`` directly in float64.
+the backward pass and LayerNorm. The export impl's visit and averaging
+(``vsml_train.step_export``) are also compared with ``visit_fast`` directly in float64.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from vsml_export.exporter import ExportOptions, export_graphs
-from vsml_export.kernels import average_and_clip_export, visit_export
 from vsml_export.module import StepModule
 from vsml_train.config import VSMLConfig
 from vsml_train.model_file import ModelFile
 from vsml_train.params import init_params
 from vsml_train.state import init_state, state_names
 from vsml_train.step import _extras, average_and_clip, input_message, layer_params, visit_fast
+from vsml_train.step_export import average_and_clip_export, visit_export
 
 TOL = 1e-5
 
@@ -112,7 +112,7 @@ def test_each_opset_exports_and_matches(opset: int) -> None:
 
 
 @pytest.mark.parametrize("name", ["default", "none-ln", "deep-half-ln-bp", "extras-sum-noclip", "n32-encoded-gain"])
-def test_export_kernels_equal_visit_fast_in_float64(name: str) -> None:
+def test_export_impl_equal_visit_fast_in_float64(name: str) -> None:
     """``visit_export`` and ``average_and_clip_export`` against the step's originals, float64."""
     model = _model(CONFIGS[name])
     config = model.config

@@ -113,6 +113,24 @@ def test_fast_and_naive_match_per_cell_reference(name: str, pop: int | None) -> 
     assert l_ref.abs().max() > 1e-6, "degenerate test: logits are zero"
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_export_impl_matches_per_cell_reference(name: str) -> None:
+    """impl "export" (the visit and averaging the exporter traces) for one V_M (it takes no population axis)."""
+    config = VSMLConfig(**CONFIGS[name])
+    p, e, a, b = 2, 3, 3, 2
+    params = random_params(config, 0)
+    state = random_state(config, a, b, p, e, 1, params)
+    x, y = make_inputs(p, e, a, b, 3, 2)
+    y1h = labels_to_onehot(y, b, DT)
+    s_ref = s_exp = state
+    for t in range(x.shape[0]):
+        s_ref, l_ref = reference_step(params, s_ref, x[t], y1h[t], config)
+        s_exp, logits = step(params, s_exp, x[t], y1h[t], config, impl="export")
+        torch.testing.assert_close(logits, l_ref, atol=1e-10, rtol=1e-10)
+        assert_states_close(s_exp, s_ref, 1e-10)
+    assert l_ref.abs().max() > 1e-6, "degenerate test: logits are zero"
+
+
 @pytest.mark.parametrize("name", ["default", "two_layers", "backward_pass_deep", "layer_norm_deep_bp", "avg_full",
                                   "all_extras_bp_ln", "encoded_init", "three_layers_per_layer_params"])  # fmt: skip
 def test_gradients_through_unrolled_episode_match_reference(name: str) -> None:

@@ -14,7 +14,6 @@ output names of the exported step.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,7 +117,8 @@ def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tens
     Args:
         params: V_M, needed only by init_mode "encoded" (base or [P, *base]).
         noise: per layer [P, A_k, B_k, N/2] standard truncated normal draws.
-        n_examples: E; every example of a learner starts from the same state.
+        n_examples: E; every example of a learner starts from the same state
+            (a size read from a tensor's shape when traced, e.g. by the exporter).
     Returns:
         "random": h = 0, c[..., :N/2] = noise * init_scale / sqrt(A_k), rest 0.
         "encoded": w = noise[..., 0] * init_scale / sqrt(A_k) (one random weight
@@ -129,8 +129,10 @@ def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tens
     n, m = config.state_size, config.msg_size
     hs, cs, bwds = [], [], []
     for k, z in enumerate(noise):
-        p, a, b, _ = z.shape
-        std = config.init_scale / math.sqrt(a)
+        # A_k read as a float64 tensor, not a Python int, so that a tracer keeps it symbolic; float64 sqrt
+        # and division then rounding to z's dtype give the numbers of init_scale / math.sqrt(A_k)
+        a = torch.ones_like(z[0, :, 0, 0], dtype=torch.float64).sum()
+        std = (config.init_scale / torch.sqrt(a)).to(z.dtype)
         if config.init_mode == "random":
             c = torch.cat([z * std, torch.zeros_like(z)], dim=-1)  # [P, A, B, N]
             h = torch.zeros_like(c)
@@ -140,16 +142,16 @@ def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tens
             enc_c, enc_h = _layer_vec(params, "init_enc_c", k, config), _layer_vec(params, "init_enc_h", k, config)
             w = (z[..., :1] * std).to(enc_c.dtype)  # [P, A, B, 1]
             c, h = w * enc_c, w * enc_h
-        hs.append(h.unsqueeze(1).expand(p, n_examples, a, b, n))
-        cs.append(c.unsqueeze(1).expand(p, n_examples, a, b, n))
-        bwds.append(torch.zeros(p, n_examples, b, m, dtype=c.dtype, device=c.device))
-    p = noise[0].shape[0]
-    dt, dev = cs[0].dtype, cs[0].device
+        # -1 keeps P, A, B symbolic when traced (E is n_examples)
+        hs.append(h.unsqueeze(1).expand(-1, n_examples, -1, -1, n))  # [P, E, A, B, N]
+        cs.append(c.unsqueeze(1).expand(-1, n_examples, -1, -1, n))
+        bwds.append(torch.zeros_like(c[:, :1, :, :1]).expand(-1, n_examples, -1, m))  # [P, 1, B, 1] -> [P, E, B, M]
+    t = torch.zeros_like(cs[0][:, :, 0, 0, 0])  # [P, E]
     return VSMLState(
         h=tuple(hs),
         c=tuple(cs),
         bwd=tuple(bwds) if not config.backward_pass else (),
-        t=torch.zeros(p, n_examples, dtype=dt, device=dev) if config.time_input else None,
+        t=t if config.time_input else None,
     )
 
 

@@ -24,6 +24,13 @@ Several implementations of a layer visit share the schedule (same numbers):
 * ``naive`` is the straightforward vectorised formulation (concatenated
   per-cell input, full gate matmul, both heads on every cell), kept as the
   benchmark baseline and as a second reference.
+* ``export`` (``vsml_train.step_export``) is what the exporter traces: the
+  blocked algebra arranged for ONNX Runtime (GEMMs instead of inner
+  broadcasts and strided reductions), with the batch averaging under an
+  ``If (E > 1)``; one V_M only (no population axis).
+
+``IMPLS`` maps each name to its (layer visit, batch averaging) pair; every
+impl but ``export`` uses ``average_and_clip``.
 
 Timing (test-then-train): at step t the network receives x_t and the error
 message of its previous prediction (stored in ``state.bwd``), outputs logits
@@ -46,7 +53,7 @@ from .config import VSMLConfig
 from .params import Params, base_ndim
 from .state import VSMLState
 
-Impl = Literal["fast", "blocked", "chunked", "naive"]
+Impl = Literal["fast", "blocked", "chunked", "naive", "export"]
 
 
 # ---------------------------------------------------------------------------
@@ -405,14 +412,6 @@ def visit_naive(
     return h, c, fwd_out, bwd_out
 
 
-VISITS: dict[str, VisitFn] = {
-    "fast": visit_fast,
-    "blocked": visit_blocked,
-    "chunked": visit_chunked,
-    "naive": visit_naive,
-}
-
-
 # ---------------------------------------------------------------------------
 # messages at the network's boundary
 
@@ -464,6 +463,20 @@ def _average_units(s: Tensor, k: int) -> Tensor:
     return torch.cat([shared, s[..., k:]], dim=-1)
 
 
+AverageFn = Callable[[Tensor, Tensor, VSMLConfig], tuple[Tensor, Tensor]]
+
+# after every helper it uses is defined: step_export imports them from this module
+from .step_export import average_and_clip_export, visit_export  # noqa: E402
+
+IMPLS: dict[str, tuple[VisitFn, AverageFn]] = {
+    "fast": (visit_fast, average_and_clip),
+    "blocked": (visit_blocked, average_and_clip),
+    "chunked": (visit_chunked, average_and_clip),
+    "naive": (visit_naive, average_and_clip),
+    "export": (visit_export, average_and_clip_export),
+}
+
+
 # ---------------------------------------------------------------------------
 # the step
 
@@ -485,11 +498,11 @@ def step(
         y: [P, E, B] one-hot labels y_t (all-zero rows = no label). The
             logits never depend on y.
         config: the model configuration.
-        impl: "fast" or "naive" layer visits (same numbers).
+        impl: a key of ``IMPLS`` (same numbers; see the module docstring).
     Returns:
         (state at t+1, logits y_hat_t [P, E, B]).
     """
-    visit = VISITS[impl]
+    visit, average = IMPLS[impl]
     k_layers = config.n_layers
     hs, cs = list(state.h), list(state.c)
     t = state.t
@@ -526,6 +539,6 @@ def step(
     else:
         new_bwd[k_layers - 1] = err
     for k in range(k_layers):
-        hs[k], cs[k] = average_and_clip(hs[k], cs[k], config)
+        hs[k], cs[k] = average(hs[k], cs[k], config)
     new_state = VSMLState(h=tuple(hs), c=tuple(cs), bwd=tuple(new_bwd), t=None if t is None else t + 1)
     return new_state, logits

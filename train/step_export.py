@@ -1,0 +1,233 @@
+"""The export-tuned layer visit and batch averaging (reference sections 2 and 4).
+
+Dimension letters: P learners, E examples per step of one learner, A inputs,
+B outputs of a layer, N state, M message, X extra cell inputs, C = P*E*A*B cells.
+
+``step(..., impl="export")`` selects both (``vsml_train.step.IMPLS``); the
+exporter traces that call. Same numbers as ``visit_fast`` and
+``average_and_clip``, arranged for ONNX Runtime on CPU, where every op is one
+pass over memory and broadcasting along the innermost axis is very slow:
+
+* the gates are computed block by block (i, f, o, g each as its own
+  contiguous [P, E, A, B, N] tensor), so nothing slices the last axis;
+* the message part of the gate input is built without inner broadcasting:
+  ``fwd_in @ tile(W_f)`` gives [P, E, A, B * N] directly (one GEMM) and the
+  column part is added with an outer broadcast over A;
+* the reductions over the grid are matrix products (ones-vector for the mean
+  over A, a B-times tiled head matrix for the mean over B), which ORT runs as
+  GEMMs instead of slow strided reductions;
+* LayerNorm statistics are products with the all-ones M x M matrix / M and the
+  gain is a diagonal matrix, so the only broadcasts are scalars and the Gemm
+  bias;
+* batch averaging sits under a test E > 1 that both exporters turn into an
+  ONNX ``If`` (``torch.cond`` under dynamo / torch.export, a scripted function
+  under the TorchScript tracer): with one example per step it costs nothing
+  (averaging one example is the identity).
+
+The visit takes a single V_M (no population axis). Tests compare it with the
+per-cell reference (``tests/test_step.py``) and with ``visit_fast`` in float64
+(``tests/test_export_parity.py``), and the exported graph with ``step``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .config import VSMLConfig
+from .params import Params
+from .step import _gate_bias, _split_rows
+
+# column blocks of w_gates in its (i, g, f, o) order
+_I, _G, _F, _O = 0, 1, 2, 3
+
+
+def _block(w: Tensor, j: int, n: int) -> Tensor:
+    """Gate block j (columns j*N .. (j+1)*N) of a [..., 4N] weight or bias."""
+    return w[..., j * n : (j + 1) * n]
+
+
+def _sum_over_a(x: Tensor) -> Tensor:
+    """Sum over A of [P, E, A, B, K] as a product with a ones vector -> [P, E, B, K]."""
+    p, e, a, b, k = x.shape
+    ones = torch.ones_like(x[0, 0, :, 0, 0]).unsqueeze(0)  # [1, A]
+    return (ones @ x.reshape(p * e, a, b * k)).reshape(p, e, b, k)
+
+
+def _layer_norm_mm(m: Tensor, g: Tensor, b: Tensor) -> Tensor:
+    """LayerNorm over the last axis (size M) with matrix products for the statistics.
+
+    m [..., M] -> [..., M]; same formula as ``vsml_train.step._layer_norm``
+    (biased variance, eps 1e-5 inside the square root).
+    """
+    size = m.shape[-1]
+    avg = torch.full((size, size), 1.0 / size, dtype=m.dtype, device=m.device)
+    d = m - m @ avg
+    out = d * torch.rsqrt((d * d) @ avg + 1e-5)
+    return out @ (torch.eye(size, dtype=m.dtype, device=m.device) * g) + b  # diag(g): a GEMM, no inner broadcast
+
+
+def _check_base(p: Params) -> None:
+    if p["w_gates"].dim() != 2:
+        raise ValueError('impl "export" takes one V_M: w_gates must be [U + N, 4N] (no population axis)')
+
+
+def visit_export(
+    p: Params,
+    h: Tensor,
+    c: Tensor,
+    fwd_in: Tensor,
+    bwd_in: Tensor | None,
+    extras: tuple[Tensor | None, Tensor | None],
+    config: VSMLConfig,
+    want_fwd: bool,
+    want_bwd: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One layer visit (signature and results of ``vsml_train.step.visit_fast``).
+
+    Args:
+        p: this layer's V_M, base shapes.
+        h, c: [P, E, A, B, N].
+        fwd_in: [P, E, A, M]; bwd_in: [P, E, B, M] or None (zeros).
+        extras: (row [A, Xr] or None, column [P, E, B, Xc] or None).
+    Returns:
+        h, c [P, E, A, B, N]; fwd_out [P, E, B, M] or None; bwd_out [P, E, A, M] or None.
+    """
+    _check_base(p)
+    n = config.state_size
+    pp, e, a, b = h.shape[0], h.shape[1], h.shape[2], h.shape[3]
+    w = _split_rows(p, config)
+    bias = _gate_bias(p, config)  # [4N]
+    row_x, col_x = extras
+    xr = 0 if row_x is None else row_x.shape[-1]
+    z_in: dict[int, Tensor] = {}
+    for j in (_I, _F, _O, _G):
+        # row term fwd_in[a] @ W_f, laid out [P, E, A, B*N] by a B-times tiled weight: one GEMM
+        row = fwd_in @ _block(w["f"], j, n).repeat(1, b)
+        if row_x is not None:
+            row = row + row_x @ _block(w["x"][:xr], j, n).repeat(1, b)  # [A, B*N], outer broadcast
+        col = _block(bias, j, n).expand(pp, e, b, n)
+        if bwd_in is not None:
+            col = col + bwd_in @ _block(w["b"], j, n)
+        if col_x is not None:
+            col = col + col_x @ _block(w["x"][xr:], j, n)
+        z_in[j] = (row + col.reshape(pp, e, 1, b * n)).reshape(-1, n)  # [C, N], C = P*E*A*B cells
+    w_h = {j: _block(w["h"], j, n) for j in (_I, _F, _O, _G)}
+    # 2-D [C, N] during the ticks: addmm exports as Gemm(h, W, z_in), which ONNX Runtime fuses with
+    # the activation that follows (FusedGemm): one node per gate instead of three
+    h2, c2 = h.reshape(-1, n), c.reshape(-1, n)
+    for _ in range(config.micro_ticks):
+        i_g = torch.sigmoid(torch.addmm(z_in[_I], h2, w_h[_I]))
+        f_g = torch.sigmoid(torch.addmm(z_in[_F], h2, w_h[_F]))
+        o_g = torch.sigmoid(torch.addmm(z_in[_O], h2, w_h[_O]))
+        g_g = torch.tanh(torch.addmm(z_in[_G], h2, w_h[_G]))
+        c2 = f_g * c2 + i_g * g_g
+        h2 = o_g * torch.tanh(c2)
+    h, c = h2.reshape(pp, e, a, b, n), c2.reshape(pp, e, a, b, n)
+    fwd_out = bwd_out = None
+    if config.layer_norm:
+        if want_fwd:
+            m = _layer_norm_mm(h @ p["w_fwd"] + p["b_fwd"], p["ln_fwd_g"], p["ln_fwd_b"])  # [P, E, A, B, M]
+            fwd_out = _sum_over_a(m)
+            if config.reduction == "mean":
+                fwd_out = fwd_out / a
+        if want_bwd:
+            m = _layer_norm_mm(h @ p["w_bwd"] + p["b_bwd"], p["ln_bwd_g"], p["ln_bwd_b"])
+            mm = m.shape[-1]
+            eye = torch.eye(mm, dtype=m.dtype, device=m.device).repeat(b, 1)  # [B*M, M]: sum over B
+            bwd_out = m.reshape(pp, e, a, b * mm) @ eye
+            if config.reduction == "mean":
+                bwd_out = bwd_out / b
+    else:
+        # heads are linear: reduce the states first, then apply the head
+        if want_fwd:
+            hs = _sum_over_a(h)  # [P, E, B, N]
+            if config.reduction == "mean":
+                fwd_out = (hs / a) @ p["w_fwd"] + p["b_fwd"]
+            else:
+                fwd_out = hs @ p["w_fwd"] + p["b_fwd"] * a
+        if want_bwd:
+            head = p["w_bwd"].repeat(b, 1)  # [B*N, M]: sum over B fused into the head
+            hb = h.reshape(pp, e, a, b * n) @ head
+            bwd_out = hb / b + p["b_bwd"] if config.reduction == "mean" else hb + p["b_bwd"] * b
+    return h, c, fwd_out, bwd_out
+
+
+def _mean_over_e(s: Tensor) -> Tensor:
+    """Mean over E of s [P, E, A, B, K], as a GEMM with a ones vector -> [P, E, A, B, K] (broadcast back)."""
+    p, e = s.shape[0], s.shape[1]
+    ones = torch.ones_like(s[0, :, 0, 0, 0]).unsqueeze(0)  # [1, E]
+    mean = (ones @ s.reshape(p, e, -1)) / e  # [P, 1, A*B*K]
+    return mean.reshape(p, 1, s.shape[2], s.shape[3], s.shape[4]).expand_as(s)
+
+
+def _average_all(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """ "full" averaging: every unit of h and c [P, E, A, B, N] replaced by its mean over E."""
+    return _mean_over_e(h), _mean_over_e(c)
+
+
+def _average_first(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """ "half" averaging: units [:k] replaced by their mean over E, the rest kept."""
+    h = torch.cat([_mean_over_e(h[..., :k]), h[..., k:]], dim=-1)
+    c = torch.cat([_mean_over_e(c[..., :k]), c[..., k:]], dim=-1)
+    return h, c
+
+
+# Scripted so that the TorchScript tracer emits ONE ONNX If on E > 1, with no
+# other control flow inside (ONNX Runtime's If inlining fails on nested Ifs).
+def _average_all_if_batched(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    if h.shape[1] > 1:
+        return _average_all(h, c)
+    return h, c
+
+
+def _average_first_if_batched(h: Tensor, c: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    if h.shape[1] > 1:
+        return _average_first(h, c, k)
+    return h, c
+
+
+@functools.cache
+def _scripted() -> tuple[Callable[..., tuple[Tensor, Tensor]], Callable[..., tuple[Tensor, Tensor]]]:
+    """The two functions above, scripted on first use (only the TorchScript tracer needs them)."""
+    with warnings.catch_warnings():  # torch.jit.script is deprecated, but it is how the TorchScript tracer gets an If
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_average_all_if_batched), torch.jit.script(_average_first_if_batched)
+
+
+def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+    """``vsml_train.step.average_and_clip`` with the averaging under an ``If (E > 1)``.
+
+    The dynamo exporter sees ``torch.cond``, the TorchScript one a scripted
+    function; both become an ONNX ``If``, so one example per step skips the
+    averaging (which is the identity there).
+    """
+    if config.batch_average != "none":
+        full = config.batch_average == "full"
+        k = h.shape[-1] // 2
+
+        def average(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+            return _average_all(h, c) if full else _average_first(h, c, k)
+
+        if torch.compiler.is_compiling():  # dynamo, torch.compile, torch.export (strict or not)
+
+            def keep(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+                return h.clone(), c.clone()
+
+            h, c = torch.cond(h.shape[1] > 1, average, keep, (h, c))
+        elif torch.jit.is_tracing():
+            scripted_all, scripted_first = _scripted()
+            h, c = scripted_all(h, c) if full else scripted_first(h, c, k)
+        elif h.shape[1] > 1:
+            h, c = average(h, c)
+    if config.clip is not None:
+        h = h.clamp(-config.clip, config.clip)
+        c = c.clamp(-config.clip, config.clip)
+    return h, c
+
+
+__all__ = ["average_and_clip_export", "visit_export"]
