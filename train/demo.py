@@ -1,8 +1,8 @@
 """`vsml-demo`: the default learner learns a dataset online, next to SGD and Adam.
 
 Offline and under a minute on 2 cores: the bundled slice of Fashion-MNIST's
-test split (2,000 images, ``vsml_runtime/assets``), 8 streams of 2,000 online
-steps (each stream a different order of the same images), inputs standardised
+test split (2,000 images, ``vsml_runtime/assets``), 4 streams of 1,000 online
+steps (each stream a different draw from the same images), inputs standardised
 with the MNIST scalar statistics (reference section 7). The VSML learner is
 the pretrained V_M shipped in the package (meta-trained without ever seeing
 Fashion-MNIST) or, before one is shipped, a randomly initialised V_M, and the
@@ -50,7 +50,7 @@ def default_learner() -> tuple[VSMLLearner, str]:
     if ref.is_file():
         with resources.as_file(ref) as path:
             model = load_model(path)
-        what = f"pretrained V_M ({model.meta.get('method', '?')}, sha256 {model.params_hash()[:12]})"
+        what = f"shipped pretrained V_M ({model.meta.get('method', '?')}, sha256 {model.params_hash()[:12]})"
         return VSMLLearner(model.params, model.config, name="vsml"), what
     config = VSMLConfig()
     note = "randomly initialised V_M (seed 0): no pretrained learner is shipped yet, so expect chance accuracy"
@@ -58,7 +58,7 @@ def default_learner() -> tuple[VSMLLearner, str]:
 
 
 def run_demo(
-    dataset: str = "fashion-mnist", steps: int = 2000, streams: int = 8, seed: int = 0, out: Path | None = None
+    dataset: str = "fashion-mnist", steps: int = 1000, streams: int = 4, seed: int = 0, out: Path | None = None
 ) -> dict[str, EvalResult]:
     """Run the demo and return {learner name: result}; writes JSON + PNG into ``out``."""
     torch.set_num_threads(1)
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `vsml-demo`."""
     ap = argparse.ArgumentParser(prog="vsml-demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=BUNDLED, default="fashion-mnist")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("vsml-demo"), help="folder for the JSON summary and the plot")
     args = ap.parse_args(argv)
