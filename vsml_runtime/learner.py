@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,17 @@ class Learner(LearnerBase):
         with self._lock:
             s = int(self._seeds[0]) if seed is None else int(seed)
             self._reset_rows(slice(0, 1), np.array([s], np.int64))
+
+    @classmethod
+    def pretrained(cls, n_features: int, n_classes: int, **kwargs: Any) -> Learner:
+        """The learner shipped with the package (``assets/MODEL_CARD.md``): any sizes, no training needed.
+
+        Keyword arguments go to the constructor (``seed``, ``device``,
+        ``examples_per_step``, ``standardize``, ...). Inputs as the model card
+        says: pixels in [0, 1] standardised with (x - 0.1307) / 0.3081, or pass
+        ``standardize=...``.
+        """
+        return cls(pretrained_path(), n_features, n_classes, **kwargs)
 
     @classmethod
     def load(
@@ -336,3 +348,11 @@ class LearnerPool(LearnerBase):
         )
         pool.load_state_dict(d)
         return pool
+
+
+def pretrained_path() -> str:
+    """Path of the shipped pretrained model (``vsml_runtime/assets/pretrained.onnx``)."""
+    path = Path(__file__).resolve().parent / "assets" / "pretrained.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(f"the pretrained model is missing from the installed package (looked for {path})")
+    return str(path)
