@@ -90,7 +90,12 @@ def test_learner_stream_matches_run_episode(name: str, tmp_path: Path) -> None:
     assert agree >= 0.99
 
 
-TRAINED = os.environ.get("VSML_TRAINED_MODEL")
+# a meta-trained model: VSML_TRAINED_MODEL, else the pretrained learner shipped in the package
+TRAINED = os.environ.get("VSML_TRAINED_MODEL") or str(
+    Path(__file__).resolve().parents[1] / "vsml_runtime" / "assets" / "pretrained.pt"
+)
+if not Path(TRAINED).is_file():
+    TRAINED = None
 
 
 def statistical_parity(model: ModelFile, dataset: str, tmp_path: Path, n_streams: int = 2) -> None:
@@ -118,6 +123,7 @@ def statistical_parity(model: ModelFile, dataset: str, tmp_path: Path, n_streams
         assert agree >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TRAINED, reason="set VSML_TRAINED_MODEL=path/to/model.pt (a meta-trained model)")
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
 def test_trained_model_statistical_parity(dataset: str, tmp_path: Path) -> None:
