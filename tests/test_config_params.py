@@ -83,3 +83,12 @@ def test_model_file_roundtrip_and_errors(tmp_path) -> None:
         load_model(tmp_path / "edited.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         save_model(tmp_path / "nope" / "m.pt", model)
+
+
+def test_model_file_metadata_is_stored_as_plain_values(tmp_path) -> None:
+    cfg = VSMLConfig()
+    meta = {"torch": torch.__version__, "path": tmp_path, "nested": {"n": 1, "x": [1.5, float("nan")]}}
+    save_model(tmp_path / "m.pt", ModelFile(cfg, init_params(cfg, 0), meta))
+    back = load_model(tmp_path / "m.pt").meta
+    assert back["torch"] == str(torch.__version__) and back["path"] == str(tmp_path)
+    assert back["nested"]["n"] == 1 and back["nested"]["x"][0] == 1.5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -86,7 +87,9 @@ def save_model(path: str | os.PathLike[str], model: ModelFile) -> None:
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "params": {k: v.detach().to("cpu").clone() for k, v in model.params.items()},
-        "meta": {**model.meta, "params_sha256": params_hash(model.params)},
+        # plain values only (JSON round trip; unknown objects become strings) so that the
+        # file always loads with weights_only=True
+        "meta": json.loads(json.dumps({**model.meta, "params_sha256": params_hash(model.params)}, default=str)),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
