@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..config import VSMLConfig
-from ..params import Params
+from ..params import Params, check_params, init_params
 
 
 class Trainer(Protocol):
@@ -46,3 +46,20 @@ class Trainer(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         ...
+
+
+def starting_params(config: VSMLConfig, seed: int, init: Params | None) -> Params:
+    """The V_M a trainer starts from: ``init`` (checked: base shapes) or ``init_params(config, seed)``."""
+    start = init if init is not None else init_params(config, seed)
+    if check_params(start, config) is not None:
+        raise ValueError("init must be one V_M (base shapes, no population axis)")
+    return start
+
+
+def default_tasks(tasks: Any, task_options: Any, seed: int) -> Any:
+    """``tasks`` when given, else the data-layer task mix of ``task_options`` (imported lazily)."""
+    if tasks is not None:
+        return tasks
+    from .tasks import TaskMix  # the data layer is only needed for real tasks
+
+    return TaskMix(task_options, seed)

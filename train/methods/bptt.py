@@ -23,9 +23,10 @@ import torch
 
 from ..config import VSMLConfig
 from ..episode import make_step_fn, online_loss, run_episode
-from ..params import Params, check_params, init_params
+from ..params import Params, check_params
 from ..state import state_from_noise
 from ..step import Impl
+from .base import default_tasks, starting_params
 from .es import cell_steps
 from .tasks import TaskOptions, TaskSource, derive_seed, member_noise
 
@@ -91,17 +92,11 @@ class BpttTrainer:
     ) -> None:
         self.config, self.options, self.seed = config, options, seed
         self.device = torch.device(options.device)
-        start = init if init is not None else init_params(config, seed)
-        if check_params(start, config) is not None:
-            raise ValueError("init must be one V_M (base shapes, no population axis)")
+        start = starting_params(config, seed, init)
         self.vm = {k: torch.nn.Parameter(v.detach().to(self.device, torch.float32).clone()) for k, v in start.items()}
         self._names = sorted(self.vm)
         self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=options.lr, betas=options.betas)
-        if tasks is None:
-            from .tasks import TaskMix  # the data layer is only needed for real tasks
-
-            tasks = TaskMix(options.tasks, seed)
-        self.tasks = tasks
+        self.tasks = default_tasks(tasks, options.tasks, seed)
         self.step_fn = make_step_fn(config, options.impl, options.compile)
 
     def loss(self, iteration: int) -> tuple[torch.Tensor, int]:

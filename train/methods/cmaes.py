@@ -37,8 +37,9 @@ import torch
 
 from ..config import VSMLConfig
 from ..episode import make_step_fn
-from ..params import Params, check_params, flatten, init_params, unflatten
+from ..params import Params, flatten, unflatten
 from ..step import Impl
+from .base import default_tasks, starting_params
 from .checkpoint import pickle_to_tensor, tensor_to_pickle
 from .distributed import World, current_world, gather_fitness, shard
 from .es import cell_steps, population_loss
@@ -111,9 +112,7 @@ class CmaesTrainer:
         self.config, self.options, self.seed = config, options, seed
         self.world: World = current_world()
         self.device = torch.device(options.device)
-        start = init if init is not None else init_params(config, seed)
-        if check_params(start, config) is not None:
-            raise ValueError("init must be one V_M (base shapes, no population axis)")
+        start = starting_params(config, seed, init)
         x0 = flatten(start).detach().to("cpu", torch.float64).numpy()
         rng = np.random.RandomState(derive_seed(seed, 0) % 2**32)
         opts = {
@@ -129,11 +128,7 @@ class CmaesTrainer:
             "tolx": 0,
         }
         self.es = cma.CMAEvolutionStrategy(x0, options.sigma0, opts)
-        if tasks is None:
-            from .tasks import TaskMix  # the data layer is only needed for real tasks
-
-            tasks = TaskMix(options.tasks, seed)
-        self.tasks = tasks
+        self.tasks = default_tasks(tasks, options.tasks, seed)
         self.step_fn = make_step_fn(config, options.impl, options.compile)
 
     def evaluate(self, iteration: int, candidates: np.ndarray) -> tuple[np.ndarray, int]:

@@ -34,9 +34,10 @@ from torch import Tensor
 
 from ..config import VSMLConfig
 from ..episode import make_step_fn, online_loss, run_episode
-from ..params import Params, check_params, flatten, init_params, n_params, unflatten
+from ..params import Params, flatten, n_params, unflatten
 from ..state import state_from_noise
 from ..step import Impl
+from .base import default_tasks, starting_params
 from .distributed import World, current_world, gather_fitness, shard
 from .tasks import Episodes, TaskOptions, TaskSource, derive_seed, member_noise
 
@@ -207,16 +208,10 @@ class EsTrainer:
         self.config, self.options, self.seed = config, options, seed
         self.world: World = current_world()
         self.device = torch.device(options.device)
-        start = init if init is not None else init_params(config, seed)
-        if check_params(start, config) is not None:
-            raise ValueError("init must be one V_M (base shapes, no population axis)")
+        start = starting_params(config, seed, init)
         self.theta = torch.nn.Parameter(flatten(start).detach().to(self.device, torch.float32).clone())
         self.opt = torch.optim.Adam([self.theta], lr=options.lr, betas=options.betas)
-        if tasks is None:
-            from .tasks import TaskMix  # the data layer is only needed for real tasks
-
-            tasks = TaskMix(options.tasks, seed)
-        self.tasks = tasks
+        self.tasks = default_tasks(tasks, options.tasks, seed)
         self.step_fn = make_step_fn(config, options.impl, options.compile)
 
     # ask / tell ------------------------------------------------------------
