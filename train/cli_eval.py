@@ -1,11 +1,14 @@
 """`vsml-eval`: meta-test a learner online next to tuned baselines (reference section 7).
 
-    vsml-eval MODEL --dataset fashion-mnist [--steps 2000 --streams 32 --split test --out DIR]
+    vsml-eval MODEL [MODEL ...] --dataset fashion-mnist [--steps 2000 --streams 32 --split test --out DIR]
 
 MODEL is a ``model.pt`` (run through PyTorch) or a ``model.onnx`` from
 ``vsml-export`` (run through ``vsml_runtime.LearnerPool``, one learner per
-stream). The learner and the online SGD / Adam baselines (learning rates tuned
-on a grid, on separate streams of the training split by default) see the very
+stream); several models are compared side by side. ``--meta-rnn FILE`` adds
+a Meta RNN from ``vsml-meta-rnn``. The learners and the baselines (online SGD
+and Adam, and River's and Vowpal Wabbit's online logistic regression when
+those optional packages are installed), each with its learning rate tuned on
+a grid (on separate streams of the training split by default), see the very
 same streams. Writes ``summary.json`` (mean online accuracy, first 100, last
 200, final loss, 95% intervals over streams), ``curves.csv`` (per-step
 accuracy of every learner) and ``curves.png`` (learning curves and accuracy by
@@ -27,24 +30,44 @@ from .data.augment import ClassSubset, RandomProjection, Resize
 from .data.datasets import DATASETS, load_dataset
 from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams
 from .evaluation.baselines import online_adam, online_sgd
+from .evaluation.external import external_baselines, missing_external
 from .evaluation.harness import EvalResult, evaluate_one, tune_lr
 from .evaluation.learners import VSMLLearner
 from .evaluation.plots import plot_results
+from .meta_rnn import MetaRNNLearner
 
 SGD_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
-class OnnxLearner:
-    """An exported model run by ``vsml_runtime`` as an online learner (one learner per stream)."""
+class _Counted:
+    """Wraps a learner so that each ``run`` advances a progress bar."""
 
-    def __init__(self, path: Path, examples_per_step: int = 1) -> None:
-        self.path = path
-        self.examples_per_step = examples_per_step
+    def __init__(self, learner: object, bar: object) -> None:
+        self.learner, self.bar = learner, bar
 
     @property
     def name(self) -> str:
-        return f"vsml-onnx({self.path.name})"
+        return self.learner.name  # type: ignore[attr-defined]
+
+    def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        self.bar.set_postfix_str(self.name)  # type: ignore[attr-defined]
+        out = self.learner.run(x, y, n_classes, seed)  # type: ignore[attr-defined]
+        self.bar.update(1)  # type: ignore[attr-defined]
+        return out
+
+
+class OnnxLearner:
+    """An exported model run by ``vsml_runtime`` as an online learner (one learner per stream)."""
+
+    def __init__(self, path: Path, examples_per_step: int = 1, name: str = "vsml") -> None:
+        self.path = path
+        self.examples_per_step = examples_per_step
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
         """x [T, S, A], y [T, S] -> logits [T, S, B] made before each label was used."""
@@ -68,13 +91,25 @@ class OnnxLearner:
         return out
 
 
-def build_learner(model: Path, examples_per_step: int) -> VSMLLearner | OnnxLearner:
+def build_learner(model: Path, examples_per_step: int, name: str = "vsml") -> VSMLLearner | OnnxLearner:
     """The learner a model file stands for, by its suffix."""
     if not model.is_file():
         raise SystemExit(f"vsml-eval: model file {model} does not exist")
     if model.suffix == ".onnx":
-        return OnnxLearner(model, examples_per_step)
-    return VSMLLearner.from_file(model, examples_per_step, name="vsml")
+        return OnnxLearner(model, examples_per_step, name)
+    return VSMLLearner.from_file(model, examples_per_step, name=name)
+
+
+def learner_names(models: list[Path]) -> list[str]:
+    """ "vsml" for one model; for several, the file stem (or its folder's name for ``model.pt``)."""
+    if len(models) == 1:
+        return ["vsml"]
+    names = [f"vsml:{m.parent.name if m.stem == 'model' and m.parent.name else m.stem}" for m in models]
+    for fallback in (lambda m: m.name, str):
+        if len(set(names)) == len(names):
+            break
+        names = [f"vsml:{fallback(m)}" for m in models]
+    return names
 
 
 def write_outputs(results: dict[str, EvalResult], out: Path, setting: dict, title: str) -> None:
@@ -99,7 +134,8 @@ def write_outputs(results: dict[str, EvalResult], out: Path, setting: dict, titl
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `vsml-eval`."""
     ap = argparse.ArgumentParser(prog="vsml-eval", description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", type=Path, help="model.pt (PyTorch) or model.onnx (ONNX Runtime)")
+    ap.add_argument("model", type=Path, nargs="+", help="model.pt (PyTorch) or model.onnx (ONNX Runtime), one or more")
+    ap.add_argument("--meta-rnn", type=Path, default=None, help="also evaluate this Meta RNN (vsml-meta-rnn)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
     ap.add_argument("--split", choices=("train", "test"), default="test")
     ap.add_argument("--steps", type=int, default=2000)
@@ -111,13 +147,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--classes", type=int, default=None, help="a random subset of this many classes")
     ap.add_argument("--tune-on", choices=("separate", "eval"), default="separate")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--no-external", action="store_true", help="skip River and Vowpal Wabbit even if installed")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("vsml-eval"))
     args = ap.parse_args(argv)
     if args.steps < 1 or args.streams < 1:
         ap.error("--steps and --streams must be >= 1")
     torch.set_num_threads(1)
-    learner = build_learner(args.model, args.examples_per_step)
+    names = learner_names(args.model)
+    learners: list = [build_learner(m, args.examples_per_step, n) for m, n in zip(args.model, names, strict=True)]
+    if args.meta_rnn is not None:
+        try:
+            learners.append(MetaRNNLearner.from_file(args.meta_rnn))
+        except ValueError as exc:
+            raise SystemExit(f"vsml-eval: {exc}") from exc
     augment = tuple(
         a
         for a in (
@@ -136,12 +179,11 @@ def main(argv: list[str] | None = None) -> None:
     eval_streams = streams(args.split, args.seed)
     tune_seed = np.random.SeedSequence(args.seed, spawn_key=(7,))  # never the evaluation streams' seed
     tune = eval_streams if args.tune_on == "eval" else streams("train", tune_seed)
-    setting = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    print(f"vsml-eval: {args.dataset} {args.split}, {args.streams} streams x {args.steps} steps, model {args.model}")
+    setting = json.loads(json.dumps(vars(args), default=str))  # paths (and lists of them) as strings
+    models = ", ".join(map(str, args.model))
+    print(f"vsml-eval: {args.dataset} {args.split}, {args.streams} streams x {args.steps} steps, {models}")
     results: dict[str, EvalResult] = {}
-    r = evaluate_one(learner, eval_streams, seed=args.seed)
-    results[r.name] = r
-    print(f"  {r.name:28s} {r.summary.brief()}", flush=True)
+    specs: dict = {}
     if not args.no_baselines:
         specs = {
             "sgd-linear": (lambda lr: online_sgd(lr, init="zero"), SGD_GRID),
@@ -149,17 +191,29 @@ def main(argv: list[str] | None = None) -> None:
             "adam-linear": (lambda lr: online_adam(lr, init="zero"), ADAM_GRID),
             "adam-tanh160": (lambda lr: online_adam(lr, hidden=(160,)), ADAM_GRID),
         }
-        for name, (factory, grid) in specs.items():
-            search = tune_lr(factory, grid, tune, seed=args.seed)
-            best = evaluate_one(factory(search.best_lr), eval_streams, seed=args.seed)
-            results[f"{name}(lr={search.best_lr:g})"] = best
-            print(f"  {name + f'(lr={search.best_lr:g})':28s} {best.summary.brief()}", flush=True)
-        for name in ("river", "vowpalwabbit"):
-            try:
-                __import__(name)
-                print(f"  {name}: installed, but its baseline is not wired into vsml-eval yet")
-            except ImportError:
-                print(f"  {name}: not installed, skipped")
+        if not args.no_external:
+            specs.update(external_baselines())
+            for name in missing_external():
+                print(f"  {name}: not installed, skipped (pip install {name})")
+    from tqdm import tqdm
+
+    total = len(learners) + sum(len(grid) + 1 for _, grid in specs.values())
+    bar = tqdm(total=total, desc="vsml-eval runs", dynamic_ncols=True, leave=False)
+    for learner in learners:
+        r = evaluate_one(_Counted(learner, bar), eval_streams, seed=args.seed)
+        results[r.name] = r
+        bar.write(f"  {r.name:28s} {r.summary.brief()}")
+    for name, (factory, grid) in specs.items():
+
+        def counted(lr: float, factory=factory) -> _Counted:
+            return _Counted(factory(lr), bar)
+
+        search = tune_lr(counted, grid, tune, seed=args.seed)
+        best = evaluate_one(counted(search.best_lr), eval_streams, seed=args.seed)
+        label = f"{name}(lr={search.best_lr:g})"
+        results[label] = best
+        bar.write(f"  {label:28s} {best.summary.brief()}")
+    bar.close()
     write_outputs(results, args.out, setting, f"{args.dataset} ({args.split}): online accuracy")
     print(f"wrote {args.out / 'summary.json'}, {args.out / 'curves.csv'}, {args.out / 'curves.png'}")
 
