@@ -32,6 +32,9 @@ def test_two_models_and_a_meta_rnn_on_the_same_streams(tmp_path) -> None:
     assert set(results) == {"vsml:pretrained.pt", "vsml:pretrained.onnx", "meta-rnn"}
     header = (out / "curves.csv").read_text().splitlines()[0]
     assert "meta-rnn_accuracy" in header
+    table = (out / "table.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| vsml:") or line.startswith("| meta-rnn")]
+    assert len(rows) == 3 and all(line.count("±") == 4 for line in rows)
 
 
 def test_a_meta_rnn_of_another_input_size_is_refused(tmp_path) -> None:

@@ -10,7 +10,8 @@ and Adam, and River's and Vowpal Wabbit's online logistic regression when
 those optional packages are installed), each with its learning rate tuned on
 a grid (on separate streams of the training split by default), see the very
 same streams. Writes ``summary.json`` (mean online accuracy, first 100, last
-200, final loss, 95% intervals over streams), ``curves.csv`` (per-step
+200, final loss, 95% intervals over streams), the same as a markdown table in
+``table.md``, ``curves.csv`` (per-step
 accuracy of every learner) and ``curves.png`` (learning curves and accuracy by
 examples of the same class seen).
 """
@@ -113,7 +114,7 @@ def learner_names(models: list[Path]) -> list[str]:
 
 
 def write_outputs(results: dict[str, EvalResult], out: Path, setting: dict, title: str) -> None:
-    """summary.json, curves.csv and curves.png in ``out``."""
+    """summary.json, table.md (markdown, for model cards), curves.csv and curves.png in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     summary = {"setting": setting, "results": {k: r.to_dict(curves=False) for k, r in results.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -128,6 +129,11 @@ def write_outputs(results: dict[str, EvalResult], out: Path, setting: dict, titl
                 + [f"{results[n].curves.accuracy[t]:.6g}" for n in names]
                 + [f"{results[n].curves.loss[t]:.6g}" for n in names]
             )
+    first = next(iter(results.values())).summary
+    rows = [r.summary.markdown_row(name) for name, r in results.items()]
+    table = [f"{title}: {first.n_steps} steps x {first.n_streams} streams, 95% intervals over streams", ""]
+    header = first.markdown_header(first.first_steps, first.last_steps)
+    (out / "table.md").write_text("\n".join([*table, header, *rows, ""]))
     plot_results(results, out / "curves.png", title=title)
 
 
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         bar.write(f"  {label:28s} {best.summary.brief()}")
     bar.close()
     write_outputs(results, args.out, setting, f"{args.dataset} ({args.split}): online accuracy")
-    print(f"wrote {args.out / 'summary.json'}, {args.out / 'curves.csv'}, {args.out / 'curves.png'}")
+    print(f"wrote {args.out}/: summary.json, table.md, curves.csv, curves.png")
 
 
 if __name__ == "__main__":

@@ -234,6 +234,24 @@ class OnlineSummary:
             f"first{self.first_steps} {fmt(self.first_accuracy)}  final loss {fmt(self.final_loss)}"
         )
 
+    def markdown_row(self, name: str) -> str:
+        """``| name | mean ± half-width | first | last | final loss |`` (95% intervals over streams)."""
+
+        def fmt(e: Estimate) -> str:
+            return f"{e.mean:.3f}" + ("" if math.isnan(e.half_width) else f" ± {e.half_width:.3f}")
+
+        cells = (self.accuracy, self.first_accuracy, self.last_accuracy, self.final_loss)
+        return "| " + " | ".join([name, *map(fmt, cells)]) + " |"
+
+    @staticmethod
+    def markdown_header(first_steps: int = 100, last_steps: int = 200) -> str:
+        """The two header lines matching ``markdown_row``."""
+        return (
+            f"| learner | online accuracy | first {first_steps} | last {last_steps} "
+            f"| final loss (last {last_steps}) |\n"
+            "|---|---|---|---|---|"
+        )
+
 
 def summarize(
     logits: np.ndarray,
