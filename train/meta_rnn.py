@@ -340,9 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=MetaRNNOptions.hidden)
     ap.add_argument("--threads", type=int, default=MetaRNNOptions.threads)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument(
+        "--keep-labels",
+        action="store_true",
+        help="do not permute labels per episode (it can then memorise MNIST instead of learning online)",
+    )
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
-    tasks = dataclasses.replace(MetaRNNOptions().tasks, data_dir=args.data_dir)
+    tasks = dataclasses.replace(MetaRNNOptions().tasks, data_dir=args.data_dir, permute_labels=not args.keep_labels)
     options = MetaRNNOptions(
         hidden=args.hidden,
         iterations=args.iterations,
