@@ -102,10 +102,11 @@ def build_learner(model: Path, examples_per_step: int, name: str = "vsml") -> VS
 
 
 def learner_names(models: list[Path]) -> list[str]:
-    """ "vsml" for one model; for several, the file stem (or its folder's name for ``model.pt``)."""
+    """ "vsml" for one model; for several, the file stem (its folder's name for the default file names)."""
     if len(models) == 1:
         return ["vsml"]
-    names = [f"vsml:{m.parent.name if m.stem == 'model' and m.parent.name else m.stem}" for m in models]
+    generic = {"model", "meta_rnn"}  # what vsml-train and vsml-meta-rnn write
+    names = [f"vsml:{m.parent.name if m.stem in generic and m.parent.name else m.stem}" for m in models]
     for fallback in (lambda m: m.name, str):
         if len(set(names)) == len(names):
             break
@@ -141,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `vsml-eval`."""
     ap = argparse.ArgumentParser(prog="vsml-eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", type=Path, nargs="+", help="model.pt (PyTorch) or model.onnx (ONNX Runtime), one or more")
-    ap.add_argument("--meta-rnn", type=Path, default=None, help="also evaluate this Meta RNN (vsml-meta-rnn)")
+    ap.add_argument(
+        "--meta-rnn", type=Path, action="append", default=[], help="also evaluate this Meta RNN file; repeatable"
+    )
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
     ap.add_argument("--split", choices=("train", "test"), default="test")
     ap.add_argument("--steps", type=int, default=2000)
@@ -162,9 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     names = learner_names(args.model)
     learners: list = [build_learner(m, args.examples_per_step, n) for m, n in zip(args.model, names, strict=True)]
-    if args.meta_rnn is not None:
+    rnn_names = [n.replace("vsml", "meta-rnn", 1) for n in learner_names(args.meta_rnn)] if args.meta_rnn else []
+    for path, name in zip(args.meta_rnn, rnn_names, strict=True):
         try:
-            learners.append(MetaRNNLearner.from_file(args.meta_rnn))
+            learners.append(MetaRNNLearner.from_file(path, name))
         except ValueError as exc:
             raise SystemExit(f"vsml-eval: {exc}") from exc
     augment = tuple(
