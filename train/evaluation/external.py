@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,32 @@ def _log_probs(probs: np.ndarray) -> np.ndarray:
     return np.log(p / p.sum()).astype(np.float32)
 
 
+def _each_stream(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    fresh: Callable[[], Any],
+    test_then_train: Callable[[Any, np.ndarray, int], np.ndarray],
+    close: Callable[[Any], None] = lambda model: None,
+) -> np.ndarray:
+    """A fresh model per stream, shown each example once: x [T, S, A], y [T, S] -> log-probs [T, S, B].
+
+    ``test_then_train(model, x_t [A], y_t)`` returns the class probabilities [B]
+    the model gave x_t before it learned (x_t, y_t).
+    """
+    x, y = check_streams(x, y, n_classes)
+    t_steps, s, _ = x.shape
+    out = np.empty((t_steps, s, n_classes), dtype=np.float32)
+    for j in range(s):
+        model = fresh()
+        try:
+            for t in range(t_steps):
+                out[t, j] = _log_probs(test_then_train(model, x[t, j], int(y[t, j])))
+        finally:
+            close(model)
+    return out
+
+
 @dataclass(frozen=True)
 class RiverLogistic:
     """River 0.2x logistic regression, one-vs-rest, plain SGD with learning rate ``lr``."""
@@ -57,19 +84,17 @@ class RiverLogistic:
         """x [T, S, A], y [T, S] -> log-probabilities [T, S, B] (deterministic; ``seed`` unused)."""
         from river import linear_model, multiclass, optim
 
-        x, y = check_streams(x, y, n_classes)
-        t_steps, s, a = x.shape
-        out = np.empty((t_steps, s, n_classes), dtype=np.float32)
-        keys = list(range(a))
-        for j in range(s):
-            model = multiclass.OneVsRestClassifier(linear_model.LogisticRegression(optimizer=optim.SGD(self.lr)))
-            for t in range(t_steps):
-                feats = dict(zip(keys, x[t, j].tolist(), strict=True))
-                proba = model.predict_proba_one(feats)
-                probs = np.array([proba.get(k, 0.0) for k in range(n_classes)], dtype=np.float64)
-                out[t, j] = _log_probs(probs) if probs.sum() > 0 else -np.log(n_classes)
-                model.learn_one(feats, int(y[t, j]))
-        return out
+        def fresh() -> Any:
+            return multiclass.OneVsRestClassifier(linear_model.LogisticRegression(optimizer=optim.SGD(self.lr)))
+
+        def test_then_train(model: Any, row: np.ndarray, label: int) -> np.ndarray:
+            feats = dict(enumerate(row.tolist()))
+            proba = model.predict_proba_one(feats)  # {} before the first example: uniform
+            probs = np.array([proba.get(k, 0.0) for k in range(n_classes)], dtype=np.float64)
+            model.learn_one(feats, label)
+            return probs if probs.sum() > 0 else np.ones(n_classes)
+
+        return _each_stream(x, y, n_classes, fresh, test_then_train)
 
 
 @dataclass(frozen=True)
@@ -86,21 +111,15 @@ class VowpalWabbitOAA:
         """x [T, S, A], y [T, S] -> log-probabilities [T, S, B] (VW's ``--probabilities``)."""
         from vowpalwabbit import Workspace
 
-        x, y = check_streams(x, y, n_classes)
-        t_steps, s, _ = x.shape
-        out = np.empty((t_steps, s, n_classes), dtype=np.float32)
         args = f"--oaa {n_classes} --loss_function logistic --probabilities -l {self.lr!r} --quiet --random_seed {seed}"
-        for j in range(s):
-            vw = Workspace(args)
-            try:
-                for t in range(t_steps):
-                    feats = " ".join(f"{i}:{v:.6g}" for i, v in enumerate(x[t, j].tolist()))
-                    probs = np.asarray(vw.predict(f"| {feats}"), dtype=np.float64)  # [B]
-                    out[t, j] = _log_probs(probs)
-                    vw.learn(f"{int(y[t, j]) + 1} | {feats}")  # VW's classes are 1..B
-            finally:
-                vw.finish()
-        return out
+
+        def test_then_train(vw: Any, row: np.ndarray, label: int) -> np.ndarray:
+            feats = " ".join(f"{i}:{v:.6g}" for i, v in enumerate(row.tolist()))
+            probs = np.asarray(vw.predict(f"| {feats}"), dtype=np.float64)  # [B]
+            vw.learn(f"{label + 1} | {feats}")  # VW's classes are 1..B
+            return probs
+
+        return _each_stream(x, y, n_classes, lambda: Workspace(args), test_then_train, lambda vw: vw.finish())
 
 
 def external_baselines() -> dict[str, tuple[Callable[[float], object], tuple[float, ...]]]:
