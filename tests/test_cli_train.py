@@ -112,3 +112,11 @@ def test_end_to_end_run_and_resume(tmp_path: Path) -> None:
     assert load_model(out / "model.pt").meta["iterations"] == 2
     res = CliRunner().invoke(cli, ["--resume", "--out", str(out), "--lr", "1"])
     assert res.exit_code == 2 and "only run options may change" in res.output
+    # a run started from --init resumes from its checkpoint alone
+    out2 = tmp_path / "from-init"
+    args2 = ["--preset", "es-cpu", *tiny, "--progress", "false", "--init", str(out / "model.pt"), "--out", str(out2)]
+    res = CliRunner().invoke(cli, [*args2, "--iterations", "1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["--resume", "--out", str(out2), "--iterations", "2"])
+    assert res.exit_code == 0, res.output
+    assert load_model(out2 / "model.pt").meta["iterations"] == 2

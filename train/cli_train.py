@@ -165,6 +165,12 @@ def run_spec(
     if init is not None:
         params = init.params
         identity["init_sha256"] = init.params_hash()
+    elif resume and (out / CHECKPOINT).exists():
+        # a run started with --init resumes without it: the checkpoint holds the trainer's
+        # whole state, so the starting V_M no longer matters (but stays part of the identity)
+        stored = load_checkpoint(out / CHECKPOINT)["spec"].get("init_sha256")
+        if stored is not None:
+            identity["init_sha256"] = stored
     trainer = registry.make_trainer(spec, params)
     evaluate = None
     if spec.run.eval_every >= 0 and spec.run.eval_datasets and world.is_main:
