@@ -42,6 +42,7 @@ import torch
 from vsml_runtime import format as fmt
 from vsml_train import __version__ as project_version
 from vsml_train.config import VSMLConfig
+from vsml_train.files import new_file_mode
 from vsml_train.model_file import ModelFile, ModelFileError, load_model, params_hash
 
 from .options import _UNSET, OPSETS, Exporter, ExportError, ExportOptions, ExportResult, apply_overrides
@@ -151,6 +152,7 @@ def _write_pair(files: list[tuple[Path, bytes]]) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         for tmp, path in temps:
+            os.chmod(tmp, new_file_mode(path))
             os.replace(tmp, path)
     except OSError as exc:
         raise ExportError(f"cannot write {files[-1][0]}: {exc}") from exc

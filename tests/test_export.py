@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import onnx
@@ -48,6 +49,10 @@ def test_cli_writes_both_graphs_with_metadata(model_pt: Path, tmp_path: Path) ->
     assert code == 0, text
     assert "verified against PyTorch" in text
     assert _files(tmp_path) == ["model.init.onnx", "model.onnx"]
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (out, tmp_path / "model.init.onnx"):  # not mkstemp's private 0600
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask
     model = load_model(model_pt)
     for path, kind in ((out, "step"), (tmp_path / "model.init.onnx", "init")):
         graph = onnx.load(path)

@@ -259,6 +259,14 @@ class LearnerBase:
                 np.savez(f, **d)
                 f.flush()
                 os.fsync(f.fileno())
+            # mkstemp's file is private (0600): give it the mode a plain open() would
+            if path.exists():
+                mode = path.stat().st_mode & 0o7777
+            else:
+                mask = os.umask(0o022)
+                os.umask(mask)
+                mode = 0o666 & ~mask
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)

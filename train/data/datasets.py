@@ -39,6 +39,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from ..files import new_file_mode
 from .idx import read_image_label_pair
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,7 @@ def download_dataset(
                     log.info("downloading %s", url)
                     _fetch(url, tmp)
                     verify_checksum(tmp, info.checksums[file_name])
+                    os.chmod(tmp, new_file_mode(dest))
                     os.replace(tmp, dest)
                     break
                 except (OSError, http.client.HTTPException, ValueError) as err:
