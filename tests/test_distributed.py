@@ -47,13 +47,13 @@ _WORKER = """
 import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
-from vsml_train.methods.distributed import init_from_env
+from vsml_train.methods.distributed import init_from_env, leave
 world = init_from_env("cpu")
 from test_distributed import run_all
 result = run_all()
 if world.rank == 0:
     torch.save(result, sys.argv[1])
-torch.distributed.destroy_process_group()
+leave(world)
 """
 
 

@@ -153,7 +153,7 @@ def run_spec(
     spec: registry.RunSpec, out: Path, *, resume: bool = False, init: Any = None, preset: str | None = None
 ) -> int:
     """Train ``spec`` into ``out``; returns the exit status (0 done, 130 interrupted)."""
-    from .methods.distributed import init_from_env
+    from .methods.distributed import init_from_env, leave
 
     device = getattr(spec.options, "device", "cpu")
     world = init_from_env(device)
@@ -178,6 +178,7 @@ def run_spec(
     tasks = getattr(spec.options, "tasks", None)
     meta = {"data": registry.to_plain(tasks) if tasks is not None else spec.method, "spec": identity, "preset": preset}
     result = train(trainer, spec.run, out, spec=identity, resume=resume, evaluate=evaluate, meta=meta, world=world)
+    leave(world)
     if not world.is_main:
         return 0
     if result.interrupted:

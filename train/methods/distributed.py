@@ -105,3 +105,15 @@ def broadcast_flag(flag: bool, world: World) -> bool:
         t = t.cuda()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def leave(world: World) -> None:
+    """Leave the process group: wait for every rank, then destroy it (nothing to do for one process).
+
+    Ranks that reach teardown at different times (rank 0 still writing the
+    model, say) can abort in gloo's teardown with "terminate called without an
+    active exception"; the barrier lines them up first.
+    """
+    if world.size > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
