@@ -44,3 +44,13 @@ def test_a_meta_rnn_of_another_input_size_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="784-input, 10-class"):
         main([pretrained_path(), "--meta-rnn", str(rnn), "--project", "40", "--steps", "5", "--streams", "1",
               "--no-baselines", "--data-dir", str(data), "--out", str(tmp_path / "ev")])  # fmt: skip
+
+
+def test_synthetic_task_family_with_baselines(tmp_path) -> None:
+    out = tmp_path / "ev"
+    main([pretrained_path(), "--dataset", "linear", "--features", "8", "--n-classes", "3", "--steps", "40",
+          "--streams", "2", "--no-external", "--out", str(out)])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["setting"]["dataset"] == "linear"
+    assert "vsml" in summary["results"] and any(k.startswith("adam-tanh160") for k in summary["results"])
+    assert all(r["summary"]["n_steps"] == 40 for r in summary["results"].values())

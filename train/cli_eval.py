@@ -29,7 +29,8 @@ import torch
 
 from .data.augment import ClassSubset, RandomProjection, Resize
 from .data.datasets import DATASETS, load_dataset
-from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams
+from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams, sample_synthetic_streams
+from .data.synthetic import SYNTHETIC_FAMILIES, make_family
 from .evaluation.baselines import online_adam, online_sgd
 from .evaluation.external import external_baselines, missing_external
 from .evaluation.harness import EvalResult, evaluate_one, tune_lr
@@ -145,7 +146,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--meta-rnn", type=Path, action="append", default=[], help="also evaluate this Meta RNN file; repeatable"
     )
-    ap.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-mnist")
+    ap.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS) + sorted(SYNTHETIC_FAMILIES),
+        default="fashion-mnist",
+        help="a named dataset, or a synthetic task family (a fresh random teacher per stream)",
+    )
+    ap.add_argument("--features", type=int, default=32, help="inputs of a synthetic task family")
+    ap.add_argument("--n-classes", type=int, default=10, help="classes of a synthetic task family (sum-sign: 2)")
     ap.add_argument("--split", choices=("train", "test"), default="test")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--streams", type=int, default=32)
@@ -182,6 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     def streams(split: str, seed: int | np.random.SeedSequence):
+        if args.dataset in SYNTHETIC_FAMILIES:  # the split does not apply: other seeds give other teachers
+            n_classes = None if args.dataset == "sum-sign" else args.n_classes
+            family = make_family(args.dataset, args.features, n_classes)
+            return sample_synthetic_streams(family, n_streams=args.streams, n_steps=args.steps, seed=seed,
+                                            augment=augment)  # fmt: skip
         data = load_dataset(args.dataset, split, data_dir=args.data_dir)
         return sample_streams(data.images, data.labels, n_streams=args.streams, n_steps=args.steps, seed=seed,
                               augment=augment, mean=MNIST_MEAN, std=MNIST_STD, n_classes=data.n_classes)  # fmt: skip
@@ -224,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         results[label] = best
         bar.write(f"  {label:28s} {best.summary.brief()}")
     bar.close()
-    write_outputs(results, args.out, setting, f"{args.dataset} ({args.split}): online accuracy")
+    where = f"{args.features} inputs" if args.dataset in SYNTHETIC_FAMILIES else args.split
+    write_outputs(results, args.out, setting, f"{args.dataset} ({where}): online accuracy")
     print(f"wrote {args.out}/: summary.json, table.md, curves.csv, curves.png")
 
 
