@@ -103,6 +103,8 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path) -> None:
 
     once = train_meta_rnn(_options(4), 7, tmp_path / "once", tasks=tasks(), n_features=A, n_classes=B)
     train_meta_rnn(_options(2), 7, tmp_path / "two", tasks=tasks(), n_features=A, n_classes=B)
+    with (tmp_path / "two" / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 2, "lo')  # a line cut short by a kill
     # the same run continued to 4 updates: only the iteration count differs, which resume allows
     resumed = train_meta_rnn(_options(4), 7, tmp_path / "two", tasks=tasks(), n_features=A, n_classes=B, resume=True)
     a, _ = load_meta_rnn(once)

@@ -43,8 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from .evaluation.learners import check_streams
+from .files import atomic_write_bytes
+from .methods.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .methods.runner import CHECKPOINT, MetricsLog
 from .methods.tasks import TaskOptions, TaskSource
-from .model_file import atomic_write_bytes
 
 FORMAT = "vsml-meta-rnn"
 FORMAT_VERSION = 1
@@ -286,43 +288,42 @@ def train_meta_rnn(
 
     torch.set_num_threads(options.threads)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, metrics_path = out / "checkpoint.pt", out / "metrics.jsonl"
+    ckpt_path = out / CHECKPOINT
     trainer = MetaRNNTrainer(options, seed, tasks, n_features, n_classes)
+    # what a resumed run must share with the checkpoint: everything but the iteration count
+    spec = {"options": {**options.to_dict(), "iterations": None}, "seed": seed}
     start, wall = 0, 0.0
     if resume:
-        if not ckpt_path.is_file():
-            raise SystemExit(f"vsml-meta-rnn: --resume, but {ckpt_path} does not exist")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if {**ck.get("options", {}), "iterations": options.iterations} != options.to_dict() or ck.get("seed") != seed:
+        try:
+            ck = load_checkpoint(ckpt_path)
+        except CheckpointError as exc:
+            raise SystemExit(f"vsml-meta-rnn: --resume: {exc}") from exc
+        if ck["method"] != "meta-rnn" or ck["spec"] != spec:
             raise SystemExit(f"vsml-meta-rnn: {ckpt_path} was written with other options or seed")
         trainer.load_state_dict(ck["trainer"])
         start, wall = int(ck["iteration"]), float(ck["wall_s"])
     elif ckpt_path.exists():
         raise SystemExit(f"vsml-meta-rnn: {out} already holds a run; pass --resume or another --out")
-    # drop log lines past the checkpoint (they are redone identically)
-    lines = metrics_path.read_text().splitlines() if resume and metrics_path.exists() else []
-    kept = [ln for ln in lines if json.loads(ln)["iteration"] < start]
-    metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    log = MetricsLog(out, start, enabled=True)
 
     def checkpoint(done: int) -> None:
-        buf = io.BytesIO()
-        payload = {"options": options.to_dict(), "seed": seed, "iteration": done, "wall_s": wall}
-        torch.save({**payload, "trainer": trainer.state_dict()}, buf)
-        atomic_write_bytes(ckpt_path, buf.getvalue())
+        payload = {"method": "meta-rnn", "spec": spec, "iteration": done, "wall_s": wall}
+        save_checkpoint(ckpt_path, {**payload, "trainer": trainer.state_dict()})
 
     bar = tqdm(total=options.iterations, initial=start, desc="meta-rnn", dynamic_ncols=True)
-    with metrics_path.open("a") as log:
+    try:
         for it in range(start, options.iterations):
             t0 = time.perf_counter()
             m = trainer.step(it)
             wall += time.perf_counter() - t0
-            log.write(json.dumps({"iteration": it, **m}) + "\n")
-            log.flush()
+            log.write(it, m)
             bar.set_postfix(loss=f"{m['loss']:.4f}")
             bar.update(1)
             if (it + 1) % options.checkpoint_every == 0 or it + 1 == options.iterations:
                 checkpoint(it + 1)
-    bar.close()
+    finally:
+        bar.close()
+        log.close()
     model_path = out / "meta_rnn.pt"
     meta = {"options": options.to_dict(), "seed": seed, "train_wall_s": round(wall, 1), "threads": options.threads}
     save_meta_rnn(model_path, trainer.model, meta)

@@ -119,8 +119,12 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-class _MetricsLog:
-    """JSONL metrics (and TensorBoard events when available), written by rank 0."""
+class MetricsLog:
+    """JSONL metrics (and TensorBoard events when available), written by rank 0.
+
+    Opened at iteration ``start`` > 0 (a resume), it first drops what a killed
+    run logged after its checkpoint, including a line cut short by the kill.
+    """
 
     def __init__(self, out: Path, start: int, enabled: bool) -> None:
         self.enabled = enabled
@@ -225,7 +229,7 @@ def train(
             }
             save_checkpoint(ckpt_path, payload)
 
-    log = _MetricsLog(out, start, world.is_main)
+    log = MetricsLog(out, start, world.is_main)
     bar = None
     if run.progress and world.is_main:
         from tqdm import tqdm
