@@ -102,16 +102,16 @@ def build_learner(model: Path, examples_per_step: int, name: str = "vsml") -> VS
     return VSMLLearner.from_file(model, examples_per_step, name=name)
 
 
-def learner_names(models: list[Path]) -> list[str]:
-    """ "vsml" for one model; for several, the file stem (its folder's name for the default file names)."""
+def learner_names(models: list[Path], prefix: str = "vsml") -> list[str]:
+    """``prefix`` for one model; for several, ``prefix:`` and the file stem (its folder's name for default names)."""
     if len(models) == 1:
-        return ["vsml"]
+        return [prefix]
     generic = {"model", "meta_rnn"}  # what vsml-train and vsml-meta-rnn write
-    names = [f"vsml:{m.parent.name if m.stem in generic and m.parent.name else m.stem}" for m in models]
+    names = [f"{prefix}:{m.parent.name if m.stem in generic and m.parent.name else m.stem}" for m in models]
     for fallback in (lambda m: m.name, str):
         if len(set(names)) == len(names):
             break
-        names = [f"vsml:{fallback(m)}" for m in models]
+        names = [f"{prefix}:{fallback(m)}" for m in models]
     return names
 
 
@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     names = learner_names(args.model)
     learners: list = [build_learner(m, args.examples_per_step, n) for m, n in zip(args.model, names, strict=True)]
-    rnn_names = [n.replace("vsml", "meta-rnn", 1) for n in learner_names(args.meta_rnn)] if args.meta_rnn else []
-    for path, name in zip(args.meta_rnn, rnn_names, strict=True):
+    for path, name in zip(args.meta_rnn, learner_names(args.meta_rnn, "meta-rnn"), strict=True):
         try:
             learners.append(MetaRNNLearner.from_file(path, name))
         except ValueError as exc:

@@ -169,6 +169,10 @@ class Estimate:
     def high(self) -> float:
         return self.mean + self.half_width
 
+    def text(self, sep: str = "±") -> str:
+        """``"0.689±0.007"``: the mean and the interval half-width (none with one stream)."""
+        return f"{self.mean:.3f}" + ("" if math.isnan(self.half_width) else f"{sep}{self.half_width:.3f}")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: mean, sem, ci_low, ci_high, level, per_stream (nan becomes None)."""
         return {
@@ -225,23 +229,15 @@ class OnlineSummary:
 
     def brief(self) -> str:
         """One line: mean / last / first accuracy with interval half-widths, and the final loss."""
-
-        def fmt(e: Estimate) -> str:
-            return f"{e.mean:.3f}" + ("" if math.isnan(e.half_width) else f"±{e.half_width:.3f}")
-
         return (
-            f"mean {fmt(self.accuracy)}  last{self.last_steps} {fmt(self.last_accuracy)}  "
-            f"first{self.first_steps} {fmt(self.first_accuracy)}  final loss {fmt(self.final_loss)}"
+            f"mean {self.accuracy.text()}  last{self.last_steps} {self.last_accuracy.text()}  "
+            f"first{self.first_steps} {self.first_accuracy.text()}  final loss {self.final_loss.text()}"
         )
 
     def markdown_row(self, name: str) -> str:
         """``| name | mean ± half-width | first | last | final loss |`` (95% intervals over streams)."""
-
-        def fmt(e: Estimate) -> str:
-            return f"{e.mean:.3f}" + ("" if math.isnan(e.half_width) else f" ± {e.half_width:.3f}")
-
         cells = (self.accuracy, self.first_accuracy, self.last_accuracy, self.final_loss)
-        return "| " + " | ".join([name, *map(fmt, cells)]) + " |"
+        return "| " + " | ".join([name, *(e.text(" ± ") for e in cells)]) + " |"
 
     @staticmethod
     def markdown_header(first_steps: int = 100, last_steps: int = 200) -> str:
