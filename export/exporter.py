@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -42,7 +41,7 @@ import torch
 from vsml_runtime import format as fmt
 from vsml_train import __version__ as project_version
 from vsml_train.config import VSMLConfig
-from vsml_train.files import new_file_mode
+from vsml_train.files import atomic_write_files
 from vsml_train.model_file import ModelFile, ModelFileError, load_model, params_hash
 
 from .options import _UNSET, OPSETS, Exporter, ExportError, ExportOptions, ExportResult, apply_overrides
@@ -141,24 +140,11 @@ def _check_writable(path: Path) -> None:
 
 
 def _write_pair(files: list[tuple[Path, bytes]]) -> None:
-    """Write every file to a temp file in its folder, then rename them in order; no partial files."""
-    temps: list[tuple[str, Path]] = []
+    """Write both graphs atomically (``vsml_train.files.atomic_write_files``); no partial files."""
     try:
-        for path, data in files:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.chmod(tmp, new_file_mode(path))
-            os.replace(tmp, path)
+        atomic_write_files(files)
     except OSError as exc:
         raise ExportError(f"cannot write {files[-1][0]}: {exc}") from exc
-    finally:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def export_graphs(model: ModelFile, options: ExportOptions) -> tuple[onnx.ModelProto, onnx.ModelProto, float | None]:
