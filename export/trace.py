@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import logging
 import warnings
 from collections.abc import Iterator
@@ -40,9 +39,15 @@ def size_names(config: VSMLConfig) -> list[str]:
     return ["A", *(f"H{i + 1}" for i in range(len(config.hidden))), "B"]
 
 
+def grid_names(config: VSMLConfig) -> list[str]:
+    """Names of the layer grids' sizes: ``size_names``, with "Ab" (A + the bias input) first when there is one."""
+    names = size_names(config)
+    return ["Ab", *names[1:]] if config.n_bias_inputs else names
+
+
 def state_spec(config: VSMLConfig) -> fmt.StateSpec:
     """Names and axes of the state tensors (``vsml_train.state`` layout)."""
-    sizes = size_names(config)
+    sizes = grid_names(config)
     layout: dict[str, tuple[str, ...]] = {}
     for name in state_names(config):
         if name == "t":
@@ -56,7 +61,9 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
             layout[name] = ("P", "E", sizes[k_i + 1], "M")
     dims = {"N": config.state_size, "M": config.msg_size, "H": config.state_size // 2}
     dims.update({s: h for s, h in zip(sizes[1:-1], config.hidden, strict=True)})
-    return fmt.StateSpec(names=tuple(state_names(config)), layout=layout, sizes=tuple(sizes), dims=dims)
+    return fmt.StateSpec(
+        names=tuple(state_names(config)), layout=layout, sizes=tuple(sizes), dims=dims, bias_inputs=config.n_bias_inputs
+    )
 
 
 def init_spec(config: VSMLConfig) -> fmt.InitSpec:
@@ -171,7 +178,7 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     outputs = [fmt.NEW_PREFIX + n for n in names] + [fmt.LOGITS_NAME]
     axes = [dict(enumerate(spec.layout[n])) for n in names]
     axes = [{i: a for i, a in ax.items() if a not in ("N", "M")} for ax in axes]
-    axes += [{0: "P", 1: "E", 2: spec.sizes[0]}, {0: "P", 1: "E"}]
+    axes += [{0: "P", 1: "E", 2: fmt.FEATURES_AXIS}, {0: "P", 1: "E"}]
     args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
     with _quiet(), torch.no_grad():
         module = StepModule(params, config, impl="export" if options.tuned else "blocked").eval()
@@ -185,7 +192,8 @@ def trace_init(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     sizes = trace_sizes(config)
     h = config.state_size // 2
     gen = torch.Generator().manual_seed(0)
-    noise = [torch.randn(_TRACE_P, a, b, h, generator=gen).clamp(-2, 2) for a, b in itertools.pairwise(sizes)]
+    grids = config.replace(hidden=tuple(sizes[1:-1])).layer_sizes(sizes[0], sizes[-1])
+    noise = [torch.randn(_TRACE_P, a, b, h, generator=gen).clamp(-2, 2) for a, b in grids]
     args = (*noise, torch.zeros(_TRACE_E))
     axes = [{0: "P", 1: spec.sizes[k], 2: spec.sizes[k + 1]} for k in range(config.n_layers)] + [{0: "E"}]
     with _quiet(), torch.no_grad():

@@ -92,7 +92,11 @@ def reference_step(
 
         wf, bf = _pget(params, "w_fwd", p, k, config, pop), _pget(params, "b_fwd", p, k, config, pop)
         wb, bb = _pget(params, "w_bwd", p, k, config, pop), _pget(params, "b_bwd", p, k, config, pop)
-        red = (lambda xs: sum(xs) / len(xs)) if config.reduction == "mean" else (lambda xs: sum(xs))
+        divide = {"mean": lambda n: n, "sqrt": lambda n: n**0.5, "sum": lambda n: 1}[config.reduction]
+
+        def red(xs: list[Tensor]) -> Tensor:
+            return sum(xs) / divide(len(xs))
+
         fwd_out = [
             red([_head(h[k][p][e][a][b], wf, bf, g("ln_fwd_g"), g("ln_fwd_b")) for a in range(A)]) for b in range(B)
         ]
@@ -110,6 +114,10 @@ def reference_step(
     for p in range(P):
         for e in range(E):
             fwd = [torch.cat([x[p, e, a : a + 1], torch.zeros(M - 1, dtype=x.dtype)]) for a in range(x.shape[2])]
+            if config.bias_input is not None:  # the constant input, appended as input A
+                fwd.append(
+                    torch.cat([torch.tensor([config.bias_input], dtype=x.dtype), torch.zeros(M - 1, dtype=x.dtype)])
+                )
             fwd_ins = []
             for k in range(K):
                 B = sizes[k][1]

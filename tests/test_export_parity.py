@@ -42,6 +42,17 @@ CONFIGS = {
         "feed_label": False,
     },
     "n32-encoded-gain": {"state_size": 32, "init_mode": "encoded", "output_gain": 3.0, "micro_ticks": 3},
+    # the shipped default's options: size-free pooling and a bias input
+    "sqrt-bias-encoded": {
+        "reduction": "sqrt",
+        "bias_input": 3.0,
+        "init_mode": "encoded",
+        "batch_average": "full",
+        "backward_pass": True,
+        "feed_label": False,
+        "output_gain": 14.0,
+    },
+    "sqrt-bias-deep-ln": {"reduction": "sqrt", "bias_input": 1.0, "hidden": (4,), "layer_norm": True},
 }
 
 
@@ -111,7 +122,9 @@ def test_each_opset_exports_and_matches(opset: int) -> None:
     assert {o.domain: o.version for o in step_graph.opset_import}[""] == opset
 
 
-@pytest.mark.parametrize("name", ["default", "none-ln", "deep-half-ln-bp", "extras-sum-noclip", "n32-encoded-gain"])
+@pytest.mark.parametrize(
+    "name", ["default", "none-ln", "deep-half-ln-bp", "extras-sum-noclip", "n32-encoded-gain", "sqrt-bias-encoded"]
+)
 def test_export_impl_equal_visit_fast_in_float64(name: str) -> None:
     """``visit_export`` and ``average_and_clip_export`` against the step's originals, float64."""
     model = _model(CONFIGS[name])

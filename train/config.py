@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 BatchAverage = Literal["none", "full", "half"]
-Reduction = Literal["mean", "sum"]
+Reduction = Literal["mean", "sum", "sqrt"]
 InitMode = Literal["random", "encoded"]
 
 
@@ -39,7 +40,12 @@ class VSMLConfig:
             the reference; a cloned backprop sets its imitated learning rate
             through it without retraining).
         reduction: how cell messages are pooled over the grid ("mean" default,
-            "sum" as written in the paper).
+            "sum" as written in the paper, "sqrt": the sum divided by the square
+            root of the fan-in, so that with a fixed ``output_gain`` the logit
+            change of one SGD-like step on z-scored inputs does not grow with A).
+        bias_input: when set, a constant input of this value is appended to
+            every example, so the first layer has A + 1 inputs and its extra
+            row of cells acts as the bias of each output (None: no bias).
         init_random: draw the initial state from a normal truncated at +-2
             std with std ``init_scale / sqrt(A)``; if False the noise is zero.
         init_scale: multiplier of the initial-state std.
@@ -71,6 +77,7 @@ class VSMLConfig:
     tanh_bound: float = 100.0
     output_gain: float = 1.0
     reduction: Reduction = "mean"
+    bias_input: float | None = None
     init_random: bool = True
     init_scale: float = 1.0
     init_mode: InitMode = "random"
@@ -97,8 +104,10 @@ class VSMLConfig:
             errors.append(f"output_channel must be in [0, {self.msg_size}), got {self.output_channel}")
         if self.tanh_bound <= 0:
             errors.append(f"tanh_bound must be > 0, got {self.tanh_bound}")
-        if self.reduction not in ("mean", "sum"):
-            errors.append(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
+        if self.reduction not in ("mean", "sum", "sqrt"):
+            errors.append(f"reduction must be 'mean', 'sum' or 'sqrt', got {self.reduction!r}")
+        if self.bias_input is not None and not math.isfinite(self.bias_input):
+            errors.append(f"bias_input must be a finite number or None, got {self.bias_input}")
         if self.batch_average not in ("none", "full", "half"):
             errors.append(f"batch_average must be 'none', 'full' or 'half', got {self.batch_average!r}")
         if self.init_mode not in ("random", "encoded"):
@@ -123,9 +132,14 @@ class VSMLConfig:
         """Size of u_ab = [fwd_in[a], bwd_in[b], extras]: 2M + X."""
         return 2 * self.msg_size + self.n_extra_inputs
 
+    @property
+    def n_bias_inputs(self) -> int:
+        """How many constant inputs the first layer has beside the A features (0 or 1)."""
+        return int(self.bias_input is not None)
+
     def layer_sizes(self, n_features: int, n_classes: int) -> list[tuple[int, int]]:
-        """The (A_k, B_k) grid of each layer for a given dataset shape."""
-        sizes = [n_features, *self.hidden, n_classes]
+        """The (A_k, B_k) grid of each layer for a given dataset shape (A_1 counts the bias input)."""
+        sizes = [n_features + self.n_bias_inputs, *self.hidden, n_classes]
         return list(itertools.pairwise(sizes))
 
     def to_dict(self) -> dict[str, Any]:

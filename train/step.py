@@ -88,8 +88,29 @@ def layer_params(params: Params, k: int, config: VSMLConfig) -> Params:
     return out
 
 
+def fan_in(x: Tensor, dim: int) -> Tensor:
+    """The size of ``x`` along ``dim`` as a 0-d tensor of x's dtype, kept symbolic under tracing."""
+    index = [0] * x.ndim
+    index[dim] = slice(None)
+    return torch.ones_like(x[tuple(index)]).sum()
+
+
 def _reduce(x: Tensor, dim: int, config: VSMLConfig) -> Tensor:
-    return x.mean(dim) if config.reduction == "mean" else x.sum(dim)
+    """Pool cell messages over the grid axis ``dim``: mean, sum, or sum / sqrt(fan-in) (``reduction``)."""
+    if config.reduction == "mean":
+        return x.mean(dim)
+    if config.reduction == "sqrt":
+        return x.sum(dim) * torch.rsqrt(fan_in(x, dim))
+    return x.sum(dim)
+
+
+def _bias_scale(n: int, h: Tensor, dim: int, config: VSMLConfig) -> float | Tensor:
+    """What a head's bias is multiplied by when the head runs after the pooling of n cells."""
+    if config.reduction == "mean":
+        return 1.0
+    if config.reduction == "sqrt":
+        return torch.sqrt(fan_in(h, dim))
+    return float(n)
 
 
 def _layer_norm(m: Tensor, g: Tensor, b: Tensor) -> Tensor:
@@ -226,10 +247,10 @@ def _heads(
     else:
         a, b = h.shape[2], h.shape[3]
         if want_fwd:
-            scale = 1.0 if config.reduction == "mean" else float(a)
+            scale = _bias_scale(a, h, 2, config)
             fwd_out = _mm(_reduce(h, 2, config), p["w_fwd"]) + _bcast(p["b_fwd"], 4) * scale
         if want_bwd:
-            scale = 1.0 if config.reduction == "mean" else float(b)
+            scale = _bias_scale(b, h, 3, config)
             bwd_out = _mm(_reduce(h, 3, config), p["w_bwd"]) + _bcast(p["b_bwd"], 4) * scale
     return fwd_out, bwd_out
 
@@ -422,7 +443,12 @@ def visit_naive(
 
 
 def input_message(x: Tensor, config: VSMLConfig) -> Tensor:
-    """First layer's forward message [x_a, 0, ..., 0]: x [P, E, A] -> [P, E, A, M]."""
+    """First layer's forward message [x_a, 0, ..., 0]: x [P, E, A] -> [P, E, A', M].
+
+    A' = A + 1 with ``bias_input``: the constant is appended as input A.
+    """
+    if config.bias_input is not None:
+        x = F.pad(x, (0, 1), value=float(config.bias_input))
     return F.pad(x.unsqueeze(-1), (0, config.msg_size - 1))
 
 

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .config import VSMLConfig
 from .params import Params
-from .step import _gate_bias, _split_rows
+from .step import _gate_bias, _split_rows, fan_in
 
 # column blocks of w_gates in its (i, g, f, o) order
 _I, _G, _F, _O = 0, 1, 2, 3
@@ -135,6 +135,8 @@ def visit_export(
             fwd_out = _sum_over_a(m)
             if config.reduction == "mean":
                 fwd_out = fwd_out / a
+            elif config.reduction == "sqrt":
+                fwd_out = fwd_out * torch.rsqrt(fan_in(h, 2))
         if want_bwd:
             m = _layer_norm_mm(h @ p["w_bwd"] + p["b_bwd"], p["ln_bwd_g"], p["ln_bwd_b"])
             mm = m.shape[-1]
@@ -142,18 +144,29 @@ def visit_export(
             bwd_out = m.reshape(pp, e, a, b * mm) @ eye
             if config.reduction == "mean":
                 bwd_out = bwd_out / b
+            elif config.reduction == "sqrt":
+                bwd_out = bwd_out * torch.rsqrt(fan_in(h, 3))
     else:
         # heads are linear: reduce the states first, then apply the head
         if want_fwd:
             hs = _sum_over_a(h)  # [P, E, B, N]
             if config.reduction == "mean":
                 fwd_out = (hs / a) @ p["w_fwd"] + p["b_fwd"]
+            elif config.reduction == "sqrt":
+                n_a = fan_in(h, 2)
+                fwd_out = (hs * torch.rsqrt(n_a)) @ p["w_fwd"] + p["b_fwd"] * torch.sqrt(n_a)
             else:
                 fwd_out = hs @ p["w_fwd"] + p["b_fwd"] * a
         if want_bwd:
             head = p["w_bwd"].repeat(b, 1)  # [B*N, M]: sum over B fused into the head
             hb = h.reshape(pp, e, a, b * n) @ head
-            bwd_out = hb / b + p["b_bwd"] if config.reduction == "mean" else hb + p["b_bwd"] * b
+            if config.reduction == "mean":
+                bwd_out = hb / b + p["b_bwd"]
+            elif config.reduction == "sqrt":
+                n_b = fan_in(h, 3)
+                bwd_out = hb * torch.rsqrt(n_b) + p["b_bwd"] * torch.sqrt(n_b)
+            else:
+                bwd_out = hb + p["b_bwd"] * b
     return h, c, fwd_out, bwd_out
 
 

@@ -132,6 +132,7 @@ class Engine:
         """Every symbolic size of the graphs for p learners at this engine's sizes."""
         dims = {"P": p, "E": self.n_examples}
         dims.update(dict(zip(self.info.state.sizes, self.layer_sizes, strict=True)))
+        dims[fmt.FEATURES_AXIS] = self.n_features  # x's axis (the first grid is A + 1 with a bias input)
         return dims
 
     def _session(self, p: int) -> ort.InferenceSession:

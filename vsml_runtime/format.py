@@ -37,6 +37,7 @@ K_CONFIG = "vsml.config"  # VSMLConfig.to_dict() as JSON, after export-time over
 K_CLIP = "vsml.clip"  # JSON number or null
 K_BATCH_AVERAGE = "vsml.batch_average"  # "none" | "full" | "half"
 K_STATE = "vsml.state"  # JSON, see StateSpec
+FEATURES_AXIS = "A"  # the symbolic size of the step graph's x input [P, E, A]
 K_INIT = "vsml.init"  # JSON, see InitSpec
 K_PARAMS_SHA256 = "vsml.params_sha256"
 K_OPSET = "vsml.opset"
@@ -81,6 +82,7 @@ class StateSpec:
     sizes: tuple[str, ...]  # e.g. ("A", "H1", "B")
     dims: dict[str, int]  # fixed: N, M, H, and the config's hidden sizes H1.. as defaults
     dtype: str = "float32"
+    bias_inputs: int = 0  # constant inputs the graph appends to the A features (axis A holds A + this)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -90,6 +92,7 @@ class StateSpec:
                 "sizes": list(self.sizes),
                 "dims": self.dims,
                 "dtype": self.dtype,
+                "bias_inputs": self.bias_inputs,
             },
             sort_keys=True,
         )
@@ -103,17 +106,19 @@ class StateSpec:
             sizes=tuple(d["sizes"]),
             dims={k: int(v) for k, v in d["dims"].items()},
             dtype=d.get("dtype", "float32"),
+            bias_inputs=int(d.get("bias_inputs", 0)),
         )
 
     def resolve(self, n_features: int, n_classes: int, n_learners: int, n_examples: int) -> dict[str, tuple[int, ...]]:
         """Concrete shape of every state tensor."""
         dims = dict(self.dims)
-        dims.update({self.sizes[0]: n_features, self.sizes[-1]: n_classes, "P": n_learners, "E": n_examples})
+        dims.update({self.sizes[-1]: n_classes, "P": n_learners, "E": n_examples})
+        dims[self.sizes[0]] = n_features + self.bias_inputs
         return {name: tuple(dims[a] for a in self.layout[name]) for name in self.names}
 
     def layer_sizes(self, n_features: int, n_classes: int) -> list[int]:
-        """[A, hidden..., B] for the given data shape."""
-        return [n_features, *(self.dims[s] for s in self.sizes[1:-1]), n_classes]
+        """[A (+ bias inputs), hidden..., B] for the given data shape: the grids of the layers."""
+        return [n_features + self.bias_inputs, *(self.dims[s] for s in self.sizes[1:-1]), n_classes]
 
 
 @dataclass(frozen=True)

@@ -249,6 +249,8 @@ def check_clone_config(config: VSMLConfig, options: CloneOptions) -> None:
         errors.append("feed_label must be False (the cell is taught on errors only)")
     if config.n_extra_inputs:
         errors.append("no extra cell inputs (coord_inputs, time_input, layer_input)")
+    if config.reduction not in ("mean", "sum"):
+        errors.append(f"reduction must be 'mean' or 'sum' while cloning, got {config.reduction!r}")
     if config.state_size != options.state_size or config.msg_size != options.msg_size:
         errors.append(
             f"state/message size {config.state_size}/{config.msg_size} differ from the options' "
