@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from vsml_runtime import format as fmt
-from vsml_train.config import VSMLConfig
-from vsml_train.state import init_state, state_names
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.state import init_state, state_names
 
 from .module import InitModule, StepModule
 from .options import ExportError, ExportOptions
@@ -41,7 +41,7 @@ def size_names(config: VSMLConfig) -> list[str]:
 
 
 def state_spec(config: VSMLConfig) -> fmt.StateSpec:
-    """Names and axes of the state tensors (``vsml_train.state`` layout)."""
+    """Names and axes of the state tensors (``vsml_train.model.state`` layout)."""
     sizes = size_names(config)
     layout: dict[str, tuple[str, ...]] = {}
     for name in state_names(config):
@@ -174,7 +174,7 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     axes += [{0: "P", 1: "E", 2: spec.sizes[0]}, {0: "P", 1: "E"}]
     args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
     with _quiet(), torch.no_grad():
-        module = StepModule(params, config, impl="export" if options.tuned else "blocked").eval()
+        module = StepModule(params, config, impl="onnx" if options.tuned else "blocked").eval()
         return _to_onnx(module, args, inputs, outputs, axes, options)
 
 

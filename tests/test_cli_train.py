@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from tests.conftest import shared_dataset_dir
 from vsml_train.cli_train import cli, parse_overrides
-from vsml_train.config import VSMLConfig
 from vsml_train.methods import registry
 from vsml_train.methods.tasks import TaskMix, TaskOptions
-from vsml_train.model_file import load_model
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import load_model
 
 
 def test_every_preset_builds() -> None:

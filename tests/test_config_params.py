@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
-from vsml_train.model_file import ModelFile, ModelFileError, load_model, save_model
-from vsml_train.params import check_params, flatten, init_params, n_params, param_shapes, unflatten
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile, ModelFileError, load_model, save_model
+from vsml_train.model.params import check_params, flatten, init_params, n_params, param_shapes, unflatten
 
 
 def test_reference_parameter_count() -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
 from vsml_train.methods.cmaes import CmaesOptions, CmaesTrainer
 from vsml_train.methods.distributed import World, gather_fitness, shard
 from vsml_train.methods.es import EsOptions, EsTrainer
 from vsml_train.methods.tasks import LinearTeacherTasks
-from vsml_train.params import flatten
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import flatten
 
 CFG = VSMLConfig(state_size=4, msg_size=4, layer_norm=True)
 ITERATIONS = 2

@@ -19,9 +19,9 @@ from vsml_train.methods.clone import (
 )
 from vsml_train.methods.clone_eval import clone_errors, compare_with_sgd, online_sgd, online_summary
 from vsml_train.methods.clone_objective import clone_rollout, sgd_targets
-from vsml_train.params import init_params
-from vsml_train.state import init_state
-from vsml_train.step import step
+from vsml_train.model.params import init_params
+from vsml_train.model.state import init_state
+from vsml_train.model.step import step
 
 # tiny problems: every test here runs in about a second
 TINY = {

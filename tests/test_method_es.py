@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
 from vsml_train.methods.es import (
     EsOptions,
     EsTrainer,
@@ -18,7 +17,8 @@ from vsml_train.methods.es import (
     shaped_fitness,
 )
 from vsml_train.methods.tasks import LinearTeacherTasks, derive_seed, member_noise
-from vsml_train.params import flatten
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import flatten
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)
 

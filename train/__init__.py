@@ -5,10 +5,18 @@ Kirsch & Schmidhuber, "Meta Learning Backpropagation And Improving It"
 material; module docstrings cite its sections.
 """
 
-from .config import VSMLConfig
-from .params import Params, flatten, init_params, n_params, unflatten
-from .state import VSMLState, init_state, state_names
-from .step import step
+from .model import (
+    Params,
+    VSMLConfig,
+    VSMLState,
+    flatten,
+    init_params,
+    init_state,
+    n_params,
+    state_names,
+    step,
+    unflatten,
+)
 
 __version__ = "0.1.0"
 

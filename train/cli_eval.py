@@ -34,9 +34,8 @@ from .data.synthetic import SYNTHETIC_FAMILIES, make_family
 from .evaluation.baselines import online_adam, online_sgd
 from .evaluation.external import external_baselines, missing_external
 from .evaluation.harness import EvalResult, evaluate_one, tune_lr
-from .evaluation.learners import VSMLLearner
+from .evaluation.learners import MetaRNNLearner, VSMLLearner
 from .evaluation.plots import plot_results
-from .meta_rnn import MetaRNNLearner
 
 SGD_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3)

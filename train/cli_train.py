@@ -64,7 +64,7 @@ def _spec_from_checkpoint(out: Path, overrides: dict[str, str]) -> registry.RunS
             raise click.UsageError(f"--{key}: only run options may change when resuming (this is {path})")
         run_tables[path[4:]] = registry.parse_value(value, paths[path])
     m = registry.get_method(method)
-    from .config import VSMLConfig
+    from .model.config import VSMLConfig
 
     return registry.RunSpec(
         method=method,
@@ -120,7 +120,7 @@ def cli(
         else:
             base = None
             if init_path is not None:
-                from .model_file import load_model
+                from .model.model_file import load_model
 
                 init = load_model(init_path)
                 base = init.config

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import VSMLConfig
 from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams
 from .evaluation.baselines import online_adam, online_sgd
 from .evaluation.harness import EvalResult, evaluate_one
 from .evaluation.learners import VSMLLearner
 from .evaluation.plots import plot_results
-from .model_file import load_model
-from .params import init_params
+from .model.config import VSMLConfig
+from .model.model_file import load_model
+from .model.params import init_params
 
 BUNDLED = ("mnist", "fashion-mnist")
 PRETRAINED = "pretrained.pt"

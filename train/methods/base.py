@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..config import VSMLConfig
-from ..params import Params, check_params, init_params
+from ..model.config import VSMLConfig
+from ..model.params import Params, check_params, init_params
 
 
 class Trainer(Protocol):

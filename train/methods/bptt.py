@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn, online_loss, run_episode
-from ..params import Params, check_params
-from ..state import state_from_noise
-from ..step import Impl
+from ..model.config import VSMLConfig
+from ..model.episode import make_step_fn, online_loss, run_episode
+from ..model.params import Params, check_params
+from ..model.state import state_from_noise
+from ..model.step import Impl
 from .base import default_tasks, starting_params
 from .es import cell_steps
 from .tasks import TaskOptions, TaskSource, derive_seed, member_noise

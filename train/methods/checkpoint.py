@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..model_file import atomic_write_bytes
+from ..model.model_file import atomic_write_bytes
 
 FORMAT = "vsml-checkpoint"
 FORMAT_VERSION = 1

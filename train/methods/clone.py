@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import BatchAverage, Reduction, VSMLConfig
-from ..params import Params, check_params, init_params
+from ..model.config import BatchAverage, Reduction, VSMLConfig
+from ..model.params import Params, check_params, init_params
 from .clone_objective import (
     Tasks,
     clone_losses,

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..episode import run_episode
-from ..params import Params
-from ..state import init_noise
+from ..model.config import VSMLConfig
+from ..model.episode import run_episode
+from ..model.params import Params
+from ..model.state import init_noise
 from .clone import CloneOptions, _iteration_generator, implied_sgd_lr, weight_factor
 from .clone_objective import (
     clone_rollout,

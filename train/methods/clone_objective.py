@@ -10,7 +10,7 @@ step of a cell is
     state after the step:         c[unit]   ->  w~_{t+1} = w~_t - s * mean_E(tanh(x) * e)
 
 with s the update scale (the cell's own step size). The rollout is built from
-the very functions ``vsml_train.step.step`` uses for a layer visit, the input
+the very functions ``vsml_train.model.step.step`` uses for a layer visit, the input
 and error message layout and the averaging/clipping, on grids of A = B = 1:
 the cloned cell IS the deployed cell (a parity test runs ``step`` on a grid
 and the clone rollout cell by cell).
@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..params import Params
-from ..state import state_from_noise
-from ..step import average_and_clip, input_message, visit_fast
+from ..model.cell import average_and_clip, input_message
+from ..model.config import VSMLConfig
+from ..model.params import Params
+from ..model.state import state_from_noise
+from ..model.visits import visit_fast
 
 
 @dataclass(frozen=True)

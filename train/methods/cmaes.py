@@ -35,10 +35,10 @@ import cma
 import numpy as np
 import torch
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn
-from ..params import Params, flatten, unflatten
-from ..step import Impl
+from ..model.config import VSMLConfig
+from ..model.episode import make_step_fn
+from ..model.params import Params, flatten, unflatten
+from ..model.step import Impl
 from .base import default_tasks, starting_params
 from .checkpoint import pickle_to_tensor, tensor_to_pickle
 from .distributed import World, current_world, gather_fitness, shard

@@ -32,11 +32,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn, online_loss, run_episode
-from ..params import Params, flatten, n_params, unflatten
-from ..state import state_from_noise
-from ..step import Impl
+from ..model.config import VSMLConfig
+from ..model.episode import make_step_fn, online_loss, run_episode
+from ..model.params import Params, flatten, n_params, unflatten
+from ..model.state import state_from_noise
+from ..model.step import Impl
 from .base import default_tasks, starting_params
 from .distributed import World, current_world, gather_fitness, shard
 from .tasks import Episodes, TaskOptions, TaskSource, derive_seed, member_noise

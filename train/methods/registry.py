@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import VSMLConfig
+from ..model.config import VSMLConfig
 from .base import Trainer
 from .bptt import BpttOptions, BpttTrainer
 from .cmaes import CmaesOptions, CmaesTrainer

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..model_file import ModelFile, save_model
-from ..params import Params
+from ..model.model_file import ModelFile, save_model
+from ..model.params import Params
 from .base import Trainer
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import World, broadcast_flag, current_world
@@ -173,6 +173,8 @@ def train(
     evaluate: Evaluator | None = None,
     meta: dict[str, Any] | None = None,
     world: World | None = None,
+    model_name: str = MODEL,
+    write_model: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Run ``trainer`` from its current state (or its checkpoint) to ``run.iterations``.
 
@@ -186,6 +188,10 @@ def train(
         resume: continue from ``OUT/checkpoint.pt`` (an error if absent).
         evaluate: meta-test callback ``evaluate(params) -> metrics``.
         meta: extra metadata for ``model.pt`` (e.g. the data description).
+        model_name: the file the trained model goes to, in ``out_dir``.
+        write_model: ``write_model(path, metadata)`` writes it (default: a
+            VSML ``model.pt`` of ``trainer.config`` and ``trainer.params()``;
+            the Meta RNN writes its own file).
     Returns:
         ``TrainResult``; ``model.pt`` is written only when the run completed.
     Raises:
@@ -212,7 +218,8 @@ def train(
         last = dict(ckpt.get("metrics", {}))
     elif ckpt_path.exists():
         raise CheckpointError(
-            f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another --out"
+            f"{out} already holds a run ({ckpt_path} exists): pass resume=True (--resume) to continue it, "
+            "or choose another --out"
         )
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -276,7 +283,7 @@ def train(
     log.close()
     if run.iterations % run.checkpoint_every:
         checkpoint(run.iterations)
-    model_path = out / MODEL
+    model_path = out / model_name
     if world.is_main:
         info = {
             "method": trainer.name,
@@ -289,7 +296,10 @@ def train(
             **(meta or {}),
         }
         info = json.loads(json.dumps(info))  # plain values only: model.pt must load with weights_only=True
-        save_model(model_path, ModelFile(config=trainer.config, params=trainer.params(), meta=info))
+        if write_model is not None:
+            write_model(model_path, info)
+        else:
+            save_model(model_path, ModelFile(config=trainer.config, params=trainer.params(), meta=info))
     return TrainResult(iteration=run.iterations, interrupted=False, metrics=last, model_path=model_path)
 
 
@@ -310,8 +320,8 @@ def meta_test_evaluator(config: Any, run: RunOptions, device: str = "cpu") -> Ev
     evaluation core's ``summarize`` scores it. Reports per dataset: mean
     online accuracy, first 100 / last 200 steps, and the online loss.
     """
-    from ..episode import run_episode
     from ..evaluation import EvalProtocol, protocol_streams, summarize
+    from ..model.episode import run_episode
     from .tasks import derive_seed
 
     sets = []

@@ -32,8 +32,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..state import init_noise
+from ..model.config import VSMLConfig
+from ..model.state import init_noise
 
 
 def derive_seed(*keys: int) -> int:

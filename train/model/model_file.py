@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .config import VSMLConfig
-from .files import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .params import Params, check_params
 
 FORMAT = "vsml-model"
