@@ -25,11 +25,12 @@ import torch
 from vsml_train.methods.bptt import BpttOptions, BpttTrainer
 from vsml_train.methods.es import EsOptions, EsTrainer, cell_steps, population_loss
 from vsml_train.methods.runner import limit_numpy_threads
-from vsml_train.methods.tasks import TaskOptions, derive_seed, member_noise
+from vsml_train.methods.tasks import TaskOptions, member_noise
 from vsml_train.model.config import VSMLConfig
 from vsml_train.model.episode import online_loss, run_episode
 from vsml_train.model.params import flatten
 from vsml_train.model.state import state_from_noise
+from vsml_train.seeds import derive_seed
 
 JAX_MS = {("es", 64): 0.137, ("es", 784): 2.01, ("bptt", 64): 1.29, ("bptt", 784): 12.6}
 

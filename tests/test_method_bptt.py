@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.bptt import BpttOptions, BpttTrainer
-from vsml_train.methods.tasks import LinearTeacherTasks
 from vsml_train.model.config import VSMLConfig
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.checkpoint import bytes_to_tensor, tensor_to_bytes
 from vsml_train.methods.cmaes import CmaesOptions, CmaesTrainer, finite_fitness
 from vsml_train.methods.es import population_loss
-from vsml_train.methods.tasks import LinearTeacherTasks, derive_seed, member_noise
+from vsml_train.methods.tasks import member_noise
 from vsml_train.model.config import VSMLConfig
 from vsml_train.model.params import flatten, init_params
+from vsml_train.seeds import derive_seed
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.bptt import BpttOptions, BpttTrainer
 from vsml_train.methods.checkpoint import CheckpointError, load_checkpoint
 from vsml_train.methods.cmaes import CmaesOptions, CmaesTrainer
 from vsml_train.methods.es import EsOptions, EsTrainer
 from vsml_train.methods.runner import RunOptions, train
-from vsml_train.methods.tasks import LinearTeacherTasks
 from vsml_train.model.config import VSMLConfig
 from vsml_train.model.model_file import load_model
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
+from .evaluation.meta_test import meta_test_evaluator
 from .methods import registry
 from .methods.checkpoint import CheckpointError, load_checkpoint
-from .methods.runner import CHECKPOINT, RunOptions, limit_numpy_threads, meta_test_evaluator, train
+from .methods.runner import CHECKPOINT, RunOptions, limit_numpy_threads, train
 
 EPILOG = """\b
 Options of the model, the method and the run go as --KEY VALUE, e.g.
@@ -174,7 +175,16 @@ def run_spec(
     trainer = registry.make_trainer(spec, params)
     evaluate = None
     if spec.run.eval_every >= 0 and spec.run.eval_datasets and world.is_main:
-        evaluate = meta_test_evaluator(spec.config, spec.run, device)
+        r = spec.run
+        evaluate = meta_test_evaluator(
+            spec.config,
+            r.eval_datasets,
+            split=r.eval_split,
+            steps=r.eval_steps,
+            streams=r.eval_streams,
+            seed=r.seed,
+            device=device,
+        )
     tasks = getattr(spec.options, "tasks", None)
     meta = {"data": registry.to_plain(tasks) if tasks is not None else spec.method, "spec": identity, "preset": preset}
     result = train(trainer, spec.run, out, spec=identity, resume=resume, evaluate=evaluate, meta=meta, world=world)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..seeds import EPISODE_KEY
 from .augment import Augmentation, EpisodeTransform, draw_episode
 from .datasets import Dataset
 from .synthetic import TaskFamily
@@ -44,9 +45,6 @@ PIXEL_STATS: dict[str, tuple[float, float]] = {
     "mnist": (MNIST_MEAN, MNIST_STD),
     "fashion-mnist": (0.2860, 0.3530),
 }
-# spawn_key prefix of EpisodeSampler seeds, so they never coincide with the
-# per-stream children of ``sample_streams(seed=...)``.
-_EPISODE_KEY = 0x45504953
 
 Seed = int | np.random.SeedSequence
 
@@ -284,7 +282,7 @@ class EpisodeSampler:
         """The seed of iteration ``iteration`` (a child of the master seed)."""
         if iteration < 0:
             raise ValueError(f"iteration must be >= 0, got {iteration}")
-        return np.random.SeedSequence(self.seed, spawn_key=(_EPISODE_KEY, iteration))
+        return np.random.SeedSequence(self.seed, spawn_key=(EPISODE_KEY, iteration))
 
     def episodes(self, iteration: int) -> Streams:
         """The batch of iteration ``iteration``: x float32 [T, S, A], y int64 [T, S]."""

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..data.datasets import Split, load_dataset
 from ..data.sampler import MNIST_MEAN, MNIST_STD, Streams, sample_streams
+from ..seeds import PROTOCOL_TUNE_KEY
 from .baselines import ReferenceFigures, reference_baselines
 from .learners import OnlineLearner
 from .metrics import (
@@ -54,9 +55,6 @@ from .metrics import (
 TuneOn = Literal["separate", "eval"]
 LearnerFactory = Callable[[float], OnlineLearner]
 PathLike = str | os.PathLike[str] | None
-# spawn_key of the tuning streams' seed, so they never coincide with the
-# evaluation streams (``sample_streams(seed=...)`` spawns children (0,), (1,), ...).
-_TUNE_KEY = 0x54554E45
 
 
 class StreamsLike(Protocol):
@@ -275,7 +273,7 @@ def tuning_streams(protocol: EvalProtocol, *, data_dir: PathLike = None) -> Stre
     """
     if protocol.tune_on == "eval":
         return protocol_streams(protocol, data_dir=data_dir)
-    return _draw(protocol, "train", np.random.SeedSequence(protocol.seed, spawn_key=(_TUNE_KEY,)), data_dir)
+    return _draw(protocol, "train", np.random.SeedSequence(protocol.seed, spawn_key=(PROTOCOL_TUNE_KEY,)), data_dir)
 
 
 @dataclass(frozen=True, eq=False)

@@ -26,11 +26,10 @@ from ..model.episode import make_step_fn, online_loss, run_episode
 from ..model.params import Params, check_params
 from ..model.state import state_from_noise
 from ..model.step import Impl
+from ..seeds import STATE, derive_seed
 from .base import default_tasks, starting_params
 from .es import cell_steps
-from .tasks import TaskOptions, TaskSource, derive_seed, member_noise
-
-_STATE = 2  # seed-derivation tag of the initial states
+from .tasks import TaskOptions, TaskSource, member_noise
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class BpttTrainer:
         """The differentiable meta-loss of update ``iteration`` and its cell steps."""
         s = self.options.episodes
         ep = self.tasks.sample(iteration, 0, s).to(self.device)
-        keys = [derive_seed(self.seed, iteration, _STATE, i) for i in range(s)]
+        keys = [derive_seed(self.seed, iteration, STATE, i) for i in range(s)]
         noise = member_noise(self.config, ep.x.shape[-1], ep.n_classes, keys)
         state = state_from_noise(self.config, self.vm, [z.to(self.device) for z in noise], ep.x.shape[2])
         res = run_episode(

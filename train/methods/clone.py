@@ -42,6 +42,7 @@ from torch import Tensor
 
 from ..model.config import BatchAverage, Reduction, VSMLConfig
 from ..model.params import Params, check_params, init_params
+from ..seeds import CLONE_BATCH, CLONE_POOL
 from .clone_objective import (
     Tasks,
     clone_losses,
@@ -258,7 +259,7 @@ def check_clone_config(config: VSMLConfig, options: CloneOptions) -> None:
         raise ValueError("config is not a clone config: " + "; ".join(errors) + " (build it with clone_config)")
 
 
-def _iteration_generator(seed: int, iteration: int, stream: int = 0) -> torch.Generator:
+def _iteration_generator(seed: int, iteration: int, stream: int = CLONE_BATCH) -> torch.Generator:
     """A generator whose draws depend only on (seed, iteration, stream)."""
     s = np.random.SeedSequence([seed, iteration, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(s[0]) << 31 | int(s[1]) >> 1)
@@ -441,7 +442,7 @@ class CloneTrainer:
         return h.reshape(n, -1), c.reshape(n, -1), tasks
 
     def _new_pool(self) -> _Pool:
-        gen = _iteration_generator(self.seed, 0, stream=1)
+        gen = _iteration_generator(self.seed, 0, stream=CLONE_POOL)
         rows = self.options.pool_size // self.options.row_size
         h, c, tasks = self._fresh(gen, rows)
         return _Pool(h=h, c=c, tasks=tasks, age=torch.zeros(rows, dtype=torch.long))

@@ -22,6 +22,7 @@ from ..model.config import VSMLConfig
 from ..model.episode import run_episode
 from ..model.params import Params
 from ..model.state import init_noise
+from ..seeds import CLONE_COMPARE_OFFSET, CLONE_HELD_OUT
 from .clone import CloneOptions, _iteration_generator, implied_sgd_lr, weight_factor
 from .clone_objective import (
     clone_rollout,
@@ -73,7 +74,7 @@ def clone_errors(
         long_fwd_rel: forward-output error over the last 100 of those steps.
     """
     o = options
-    gen = _iteration_generator(seed, 0, stream=7)  # stream 7: never used by the trainer
+    gen = _iteration_generator(seed, 0, stream=CLONE_HELD_OUT)  # never used by the trainer
     out: dict[str, float] = {}
     for name, t_steps in (("short", steps), ("long", long_steps)):
         rows = max(1, problems // o.row_size)
@@ -212,7 +213,7 @@ def compare_with_sgd(
     labels = torch.as_tensor(labels).long()
     b = int(labels.max()) + 1 if n_classes is None else n_classes
     a = feats.shape[1]
-    gen = torch.Generator().manual_seed(seed + 7919)
+    gen = torch.Generator().manual_seed(seed + CLONE_COMPARE_OFFSET)
     x, y = sample_streams(feats, labels, steps, streams, examples, gen)
     dtype = params["w_gates"].dtype
     x = x.to(dtype)

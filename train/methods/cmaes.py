@@ -39,13 +39,12 @@ from ..model.config import VSMLConfig
 from ..model.episode import make_step_fn
 from ..model.params import Params, flatten, unflatten
 from ..model.step import Impl
+from ..seeds import CMAES_RNG, STATE, derive_seed
 from .base import default_tasks, starting_params
 from .checkpoint import pickle_to_tensor, tensor_to_pickle
 from .distributed import World, current_world, gather_fitness, shard
 from .es import cell_steps, population_loss
-from .tasks import Episodes, TaskOptions, TaskSource, derive_seed, member_noise
-
-_STATE = 2  # seed-derivation tag of the initial states
+from .tasks import Episodes, TaskOptions, TaskSource, member_noise
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class CmaesTrainer:
         self.device = torch.device(options.device)
         start = starting_params(config, seed, init)
         x0 = flatten(start).detach().to("cpu", torch.float64).numpy()
-        rng = np.random.RandomState(derive_seed(seed, 0) % 2**32)
+        rng = np.random.RandomState(derive_seed(seed, CMAES_RNG) % 2**32)
         opts = {
             "popsize": options.popsize,
             "CMA_diagonal": bool(options.diagonal),
@@ -143,7 +142,7 @@ class CmaesTrainer:
                 self.config,
                 ep.x.shape[-1],
                 ep.n_classes,
-                [derive_seed(self.seed, iteration, _STATE, k) for k in range(s)],
+                [derive_seed(self.seed, iteration, STATE, k) for k in range(s)],
             )
             flat = torch.as_tensor(candidates[lo:hi], dtype=torch.float32).to(self.device)
             flat = flat.repeat_interleave(s, 0)  # [n * S, D]: candidate-major

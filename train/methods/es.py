@@ -37,12 +37,12 @@ from ..model.episode import make_step_fn, online_loss, run_episode
 from ..model.params import Params, flatten, n_params, unflatten
 from ..model.state import state_from_noise
 from ..model.step import Impl
+from ..seeds import NOISE, STATE, derive_seed
 from .base import default_tasks, starting_params
 from .distributed import World, current_world, gather_fitness, shard
-from .tasks import Episodes, TaskOptions, TaskSource, derive_seed, member_noise
+from .tasks import Episodes, TaskOptions, TaskSource, member_noise
 
 NonFinite = Literal["exclude", "penalise"]
-_NOISE, _STATE = 1, 2  # seed-derivation tags
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class EsTrainer:
 
     def ask(self, iteration: int) -> Tensor:
         """The directions eps [P, D] of ``iteration`` (identical on every process)."""
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, iteration, _NOISE))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, iteration, NOISE))
         return torch.randn(self.options.pairs, n_params(self.config), generator=gen)
 
     def evaluate(self, iteration: int, eps: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -232,7 +232,7 @@ class EsTrainer:
                 self.config,
                 ep.x.shape[-1],
                 ep.n_classes,
-                [derive_seed(self.seed, iteration, _STATE, i) for i in range(lo, hi)],
+                [derive_seed(self.seed, iteration, STATE, i) for i in range(lo, hi)],
             )
             theta = self.theta.detach()
             d = sigma * eps[lo:hi].to(self.device)

@@ -6,7 +6,9 @@
 - a metrics log ``OUT/metrics.jsonl`` (one JSON object per logged iteration,
   periodic meta-test results included; TensorBoard events too when
   ``tensorboard`` is installed);
-- periodic meta-test evaluation through an ``evaluate(params)`` callback;
+- periodic meta-test evaluation through an ``evaluate(params)`` callback (the
+  meta-test is passed in: ``vsml_train.evaluation.meta_test`` builds it; the
+  methods never import the evaluation);
 - checkpoints ``OUT/checkpoint.pt`` every ``checkpoint_every`` iterations,
   atomic, with everything needed to resume bit-exactly (``checkpoint.py``);
 - ``resume=True`` continues from the checkpoint: the parameters after
@@ -305,53 +307,6 @@ def train(
 
 def _prefixed(metrics: dict[str, float]) -> dict[str, float]:
     return {k if k.startswith("meta_test/") else f"meta_test/{k}": float(v) for k, v in metrics.items()}
-
-
-_EVAL = 5  # seed-derivation tag of the meta-test streams
-
-
-def meta_test_evaluator(config: Any, run: RunOptions, device: str = "cpu") -> Evaluator:
-    """Online (prequential) meta-test on held-out datasets at their full input size (reference section 7).
-
-    The streams (``run.eval_streams`` per dataset, ``run.eval_steps`` long,
-    batch 1, MNIST scalar standardisation) are drawn once by the evaluation
-    core (``EvalProtocol``), from the run's seed, so every evaluation of a run
-    sees the same streams; the V_M runs on the training device and the
-    evaluation core's ``summarize`` scores it. Reports per dataset: mean
-    online accuracy, first 100 / last 200 steps, and the online loss.
-    """
-    from ..evaluation import EvalProtocol, protocol_streams, summarize
-    from ..model.episode import run_episode
-    from .tasks import derive_seed
-
-    sets = []
-    for k, name in enumerate(run.eval_datasets):
-        proto = EvalProtocol(
-            name,
-            split=run.eval_split,  # type: ignore[arg-type]
-            n_steps=run.eval_steps,
-            n_streams=run.eval_streams,
-            seed=derive_seed(run.seed, _EVAL, k) % 2**31,
-        )
-        st = protocol_streams(proto)
-        x = torch.from_numpy(st.x).unsqueeze(2).to(device)  # [T, S, 1, A]
-        y = torch.from_numpy(st.y).unsqueeze(2).to(device)  # [T, S, 1]
-        sets.append((name, x, y, st.y, st.n_classes))
-
-    def evaluate(params: Params) -> dict[str, float]:
-        out: dict[str, float] = {}
-        p = {k: v.to(device) for k, v in params.items()}
-        for name, x, y, labels, n_classes in sets:
-            with torch.no_grad():
-                res = run_episode(p, config, x, y, n_classes, seed=derive_seed(run.seed, _EVAL, 1 << 20))
-            s = summarize(res.logits[:, :, 0].cpu().numpy(), labels)
-            out[f"{name}/acc"] = s.accuracy.mean
-            out[f"{name}/first100"] = s.first_accuracy.mean
-            out[f"{name}/last200"] = s.last_accuracy.mean
-            out[f"{name}/loss"] = s.loss.mean
-        return out
-
-    return evaluate
 
 
 def limit_numpy_threads(n: int = 1) -> bool:

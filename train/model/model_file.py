@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .config import VSMLConfig
 from ..files import atomic_write_bytes
+from .config import VSMLConfig
 from .params import Params, check_params
 
 FORMAT = "vsml-model"
