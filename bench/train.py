@@ -62,8 +62,8 @@ def bench_case(case: Case, steps: int, repeats: int, compile: bool = False) -> d
     """Seconds per iteration (whole trainer step and model alone) and derived rates."""
     cfg = case.config
     if case.method == "es":
-        opts = EsOptions(pairs=case.learners // 2, tasks=_tasks(case.inputs, steps), compile=compile)
-        tr = EsTrainer(cfg, opts, seed=0)
+        opts = EsOptions(pairs=case.learners // 2, tasks=_tasks(case.inputs, steps))
+        tr = EsTrainer(cfg, opts, seed=0, compile=compile)
         ep = tr.tasks.sample(0, 0, case.learners // 2)
         both = ep.__class__(torch.cat([ep.x, ep.x], 1), torch.cat([ep.y, ep.y], 1), ep.n_classes)
         flat = flatten(tr.params()).unsqueeze(0).repeat(case.learners, 1)
@@ -75,8 +75,8 @@ def bench_case(case: Case, steps: int, repeats: int, compile: bool = False) -> d
         it = iter(range(1, 1 << 30))
         whole = _time(lambda: tr.step(next(it)), repeats)
     else:
-        opts = BpttOptions(episodes=case.learners, tasks=_tasks(case.inputs, steps), compile=compile)
-        tr = BpttTrainer(cfg, opts, seed=0)
+        opts = BpttOptions(episodes=case.learners, tasks=_tasks(case.inputs, steps))
+        tr = BpttTrainer(cfg, opts, seed=0, compile=compile)
         ep = tr.tasks.sample(0, 0, case.learners)
         both = ep
         noise = member_noise(cfg, ep.x.shape[-1], ep.n_classes, [derive_seed(0, i) for i in range(case.learners)])

@@ -175,4 +175,3 @@ def _cycle() -> list[str] | None:
 def test_no_import_cycles() -> None:
     cycle = _cycle()
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-

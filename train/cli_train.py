@@ -156,7 +156,7 @@ def run_spec(
     """Train ``spec`` into ``out``; returns the exit status (0 done, 130 interrupted)."""
     from .methods.distributed import init_from_env, leave
 
-    device = getattr(spec.options, "device", "cpu")
+    device = spec.run.device
     world = init_from_env(device)
     if world.size > 1 and not registry.get_method(spec.method).distributed:
         raise click.UsageError(f"method {spec.method!r} runs in one process; only es and cmaes spread over processes")

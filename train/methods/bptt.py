@@ -43,9 +43,6 @@ class BpttOptions:
         grad_clip: clip the global gradient norm to this (None: no clipping).
         truncation: detach the state every this many steps (None: full BPTT).
         tasks: the episodes' task mix.
-        device: where the rollout runs.
-        impl: "fast" or "naive" step.
-        compile: ``torch.compile`` the step.
     """
 
     episodes: int = 128
@@ -54,9 +51,6 @@ class BpttOptions:
     grad_clip: float | None = 25.0
     truncation: int | None = None
     tasks: TaskOptions = field(default_factory=TaskOptions)
-    device: str = "cpu"
-    impl: Impl = "fast"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -77,6 +71,8 @@ class BpttTrainer:
         seed: the run's seed; update i's episodes and initial states derive from (seed, i).
         init: a starting V_M (base shapes); default ``init_params(config, seed)``.
         tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+        device, impl, compile: where and how the step runs (``RunOptions``
+            of the run: ``methods.registry.make_trainer`` passes them).
     """
 
     name = "bptt"
@@ -88,15 +84,19 @@ class BpttTrainer:
         seed: int,
         init: Params | None = None,
         tasks: TaskSource | None = None,
+        *,
+        device: str = "cpu",
+        impl: Impl = "fast",
+        compile: bool = False,
     ) -> None:
         self.config, self.options, self.seed = config, options, seed
-        self.device = torch.device(options.device)
+        self.device = torch.device(device)
         start = starting_params(config, seed, init)
         self.vm = {k: torch.nn.Parameter(v.detach().to(self.device, torch.float32).clone()) for k, v in start.items()}
         self._names = sorted(self.vm)
         self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=options.lr, betas=options.betas)
         self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, options.impl, options.compile)
+        self.step_fn = make_step_fn(config, impl, compile)
 
     def loss(self, iteration: int) -> tuple[torch.Tensor, int]:
         """The differentiable meta-loss of update ``iteration`` and its cell steps."""

@@ -57,9 +57,6 @@ class CmaesOptions:
         diagonal: separable CMA-ES (diagonal covariance) for large V_M.
         episodes: S streams every candidate is evaluated on (shared by all).
         tasks: the episodes' task mix (long episodes).
-        device: where the population runs.
-        impl: "fast" or "naive" step.
-        compile: ``torch.compile`` the step.
     """
 
     popsize: int = 64
@@ -67,9 +64,6 @@ class CmaesOptions:
     diagonal: bool = False
     episodes: int = 1
     tasks: TaskOptions = field(default_factory=lambda: TaskOptions(steps=10000))
-    device: str = "cpu"
-    impl: Impl = "fast"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.popsize < 2 or self.sigma0 <= 0 or self.episodes < 1:
@@ -96,6 +90,8 @@ class CmaesTrainer:
         seed: the run's seed (optimizer RNG, episodes, initial states).
         init: the V_M to improve (base shapes); default ``init_params(config, seed)``.
         tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+        device, impl, compile: where and how the step runs (``RunOptions``
+            of the run: ``methods.registry.make_trainer`` passes them).
     """
 
     name = "cmaes"
@@ -107,10 +103,14 @@ class CmaesTrainer:
         seed: int,
         init: Params | None = None,
         tasks: TaskSource | None = None,
+        *,
+        device: str = "cpu",
+        impl: Impl = "fast",
+        compile: bool = False,
     ) -> None:
         self.config, self.options, self.seed = config, options, seed
         self.world: World = current_world()
-        self.device = torch.device(options.device)
+        self.device = torch.device(device)
         start = starting_params(config, seed, init)
         x0 = flatten(start).detach().to("cpu", torch.float64).numpy()
         rng = np.random.RandomState(derive_seed(seed, CMAES_RNG) % 2**32)
@@ -128,7 +128,7 @@ class CmaesTrainer:
         }
         self.es = cma.CMAEvolutionStrategy(x0, options.sigma0, opts)
         self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, options.impl, options.compile)
+        self.step_fn = make_step_fn(config, impl, compile)
 
     def evaluate(self, iteration: int, candidates: np.ndarray) -> tuple[np.ndarray, int]:
         """Fitness [L] of every candidate (this process's shard, gathered) and the cell steps done."""

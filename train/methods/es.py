@@ -59,9 +59,6 @@ class EsOptions:
         nonfinite: what a pair with a NaN / inf fitness does ("exclude" or
             "penalise", see the module docstring).
         tasks: the episodes' task mix (one episode per pair).
-        device: where the population runs ("cpu", "cuda").
-        impl: "fast" or "naive" step.
-        compile: ``torch.compile`` the step.
     """
 
     pairs: int = 1024
@@ -71,9 +68,6 @@ class EsOptions:
     rank_shaping: bool = False
     nonfinite: NonFinite = "exclude"
     tasks: TaskOptions = field(default_factory=TaskOptions)
-    device: str = "cpu"
-    impl: Impl = "fast"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -193,6 +187,8 @@ class EsTrainer:
         seed: the run's seed; every random number of iteration i derives from (seed, i).
         init: a starting V_M (base shapes); default ``init_params(config, seed)``.
         tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+        device, impl, compile: where and how the step runs (``RunOptions``
+            of the run: ``methods.registry.make_trainer`` passes them).
     """
 
     name = "es"
@@ -204,15 +200,19 @@ class EsTrainer:
         seed: int,
         init: Params | None = None,
         tasks: TaskSource | None = None,
+        *,
+        device: str = "cpu",
+        impl: Impl = "fast",
+        compile: bool = False,
     ) -> None:
         self.config, self.options, self.seed = config, options, seed
         self.world: World = current_world()
-        self.device = torch.device(options.device)
+        self.device = torch.device(device)
         start = starting_params(config, seed, init)
         self.theta = torch.nn.Parameter(flatten(start).detach().to(self.device, torch.float32).clone())
         self.opt = torch.optim.Adam([self.theta], lr=options.lr, betas=options.betas)
         self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, options.impl, options.compile)
+        self.step_fn = make_step_fn(config, impl, compile)
 
     # ask / tell ------------------------------------------------------------
 

@@ -5,7 +5,8 @@ A run is defined by four parts, each a frozen dataclass:
     model    VSMLConfig          (clone derives it from its options)
     options  the method's options (EsOptions, BpttOptions, CmaesOptions,
              CloneOptions), the task mix nested as ``options.tasks``
-    run      RunOptions          (iterations, seed, checkpoints, meta-test)
+    run      RunOptions          (iterations, seed, checkpoints, meta-test,
+                                  device, impl, compile)
 
 A preset is a TOML (or JSON) file in ``presets/`` with a ``method`` key and
 ``[model]``, ``[options]``, ``[options.tasks]`` and ``[run]`` tables.
@@ -46,6 +47,7 @@ class Method:
     trainer: Callable[..., Trainer]
     derive_config: Callable[[Any], VSMLConfig] | None = None  # options -> config (clone)
     distributed: bool = False  # spreads its population over torch.distributed processes
+    compute: bool = True  # takes the run's device / impl / compile (clone runs its own CPU rollout)
 
 
 def _clone_method() -> Method | None:
@@ -53,7 +55,7 @@ def _clone_method() -> Method | None:
         from .clone import CloneOptions, CloneTrainer, clone_config
     except ImportError:
         return None
-    return Method("clone", CloneOptions, CloneTrainer, clone_config)
+    return Method("clone", CloneOptions, CloneTrainer, clone_config, compute=False)
 
 
 METHODS: dict[str, Method] = {
@@ -284,4 +286,8 @@ def build_spec(
 
 def make_trainer(spec: RunSpec, init: Any = None) -> Trainer:
     """The method's trainer for a resolved spec."""
-    return get_method(spec.method).trainer(spec.config, spec.options, spec.run.seed, init)
+    m = get_method(spec.method)
+    if not m.compute:
+        return m.trainer(spec.config, spec.options, spec.run.seed, init)
+    r = spec.run
+    return m.trainer(spec.config, spec.options, spec.run.seed, init, device=r.device, impl=r.impl, compile=r.compile)

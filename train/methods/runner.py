@@ -41,6 +41,7 @@ import torch
 from .. import __version__
 from ..model.model_file import ModelFile, save_model
 from ..model.params import Params
+from ..model.step import Impl
 from .base import Trainer
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import World, broadcast_flag, current_world
@@ -68,6 +69,10 @@ class RunOptions:
         eval_streams: streams per meta-test dataset.
         threads: ``torch.set_num_threads`` (None: leave as is).
         progress: show the progress bar.
+        device: where the trainer's rollouts run ("cpu", "cuda"; with several
+            processes, also the torch.distributed backend's device).
+        impl: the step implementation (``vsml_train.model.step.IMPLS``).
+        compile: ``torch.compile`` the step.
     """
 
     iterations: int = 10000
@@ -81,6 +86,9 @@ class RunOptions:
     eval_streams: int = 4
     threads: int | None = None
     progress: bool = True
+    device: str = "cpu"
+    impl: Impl = "fast"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_datasets", tuple(self.eval_datasets))
