@@ -8,7 +8,7 @@ Pipeline (``export_model``):
 1. load the model file (``vsml_train.model.model_file.load_model``), apply the
    export-time overrides (clip bound, batch averaging) to its config;
 2. trace ONE call of ``vsml_train.model.step.step`` (``StepModule``) with the
-   export-tuned impl (``impl="export"``, ``vsml_train.model.visit_onnx``), at small
+   ONNX-tuned impl (``impl="onnx"``, ``vsml_train.model.visit_onnx``), at small
    sizes chosen to be distinct, with P, E, A, B and hidden sizes marked
    dynamic; trace ``InitModule`` the same way;
 3. stamp the metadata (``vsml_runtime.format``), run ``onnx.checker``;

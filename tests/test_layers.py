@@ -1,7 +1,7 @@
 """The layers of the project, enforced by reading every import (ast; nothing is imported).
 
     vsml_runtime        numpy + ONNX Runtime; nothing of vsml_train / vsml_export, never torch
-    vsml_train.model    the model; nothing else of vsml_train (but the stdlib-only files and seeds)
+    vsml_train.model    the model; nothing else of vsml_train (but the stdlib-only seeds, options, files)
     vsml_train.data     numpy only (no torch), nothing of vsml_train above it
     vsml_train.evaluation   builds on model and data, never on the methods
     vsml_train.methods  builds on model and data; the meta-test is passed in, never imported
@@ -20,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"vsml_train": REPO / "train", "vsml_export": REPO / "export", "vsml_runtime": REPO / "vsml_runtime"}
 FIRST_PARTY = tuple(PACKAGES)
-# stdlib-only helpers any layer may use: the seed table, and the atomic writer (which another
+# stdlib-only helpers any layer may use: the seed table, the options plumbing, and the atomic writer (which another
 # change moves into vsml_runtime; until then the exporter and the model files reach it here)
-SHARED = {"vsml_train.seeds", "vsml_train.files"}
+SHARED = {"vsml_train.seeds", "vsml_train.options", "vsml_train.files"}
 
 
 def _modules() -> dict[str, Path]:

@@ -31,7 +31,6 @@ Dimension letters as in ``clone_objective``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +41,7 @@ from torch import Tensor
 
 from ..model.config import BatchAverage, Reduction, VSMLConfig
 from ..model.params import Params, check_params, init_params
+from ..options import from_plain, to_plain
 from ..seeds import CLONE_BATCH, CLONE_POOL
 from .clone_objective import (
     Tasks,
@@ -171,19 +171,13 @@ class CloneOptions:
             raise ValueError("invalid CloneOptions: " + "; ".join(errors))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (tuples become lists)."""
-        d = dataclasses.asdict(self)
-        d["examples"] = list(self.examples)
-        return d
+        """Plain JSON-serialisable dict (tuples become lists; ``vsml_train.options.to_plain``)."""
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CloneOptions:
-        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown CloneOptions keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**{k: tuple(v) if k == "examples" else v for k, v in d.items()})
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError`` (``vsml_train.options.from_plain``)."""
+        return from_plain(cls, d)
 
 
 def reduction_inputs(options: CloneOptions) -> int:

@@ -16,8 +16,6 @@ LSTM units.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..model.meta_rnn import MetaRNN, MetaRNNConfig, save_meta_rnn
+from ..options import to_plain
 from .base import default_tasks
 from .checkpoint import CheckpointError
 from .runner import RunOptions, train
@@ -69,7 +68,8 @@ class MetaRNNOptions:
             raise ValueError(f"need iterations, episodes >= 1 and lr, grad_clip > 0; got {self}")
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """Plain JSON-serialisable dict (``vsml_train.options.to_plain``)."""
+        return to_plain(self)
 
 
 def online_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
