@@ -3,7 +3,7 @@
 Run as ``python bench/step.py [--threads 2] [--seconds 2] [--clock wall|cpu] [--no-compile]``.
 
 Dimension letters as in ``vsml_train.model.step``: P learners (1 here), E examples
-per step, A inputs, B outputs, N state, M message, T micro ticks.
+per step, A inputs, B outputs, N state, M message.
 
 For each (A, B, N, E) row the three step functions are built with
 ``vsml_train.model.episode.make_step_fn`` (exactly as the training code builds
@@ -49,7 +49,7 @@ ROWS: list[tuple[int, int, int, int, bool]] = [
 ]
 
 FLOP_MODEL = (
-    "FLOPs/step = E*A*B * (T*(8N^2 + 13N) + LN*(2NM + 10M)): per cell and micro tick the gate matmul "
+    "FLOPs/step = E*A*B * (ticks*(8N^2 + 13N) + LN*(2NM + 10M)): per cell and micro tick the gate matmul "
     "h @ W_h [N, 4N] (2*N*4N) plus ~13N elementwise (z add 4N, activations 4N, c update 3N, tanh(c) N, "
     "h N); with LayerNorm the forward head and LN on every cell. The message terms (O(A + B)) and the "
     "reductions are left out. The SAME count is used for every implementation (naive executes more: "

@@ -1,7 +1,9 @@
 """`model.pt` -> `model.onnx` + `model.init.onnx` (one VSML step, and the initial state).
 
-Dimension letters: P learners, E examples per step, A inputs, B classes,
-H1.. hidden layer sizes, N state, M message.
+Dimension letters (docs/model.md §8): P learners, E examples per step, A inputs,
+B classes, N state, M message. The graph's dimension names (``A``, ``H1``..
+for the hidden layer sizes, ``B``, ``H`` = N/2 of the noise) are names of the
+file format (``vsml_runtime.format``), not letters of the code.
 
 Pipeline (``export_model``):
 

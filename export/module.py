@@ -1,7 +1,7 @@
-"""Torch modules that the exporter traces (reference sections 3-4).
+"""Torch modules that the exporter traces (docs/model.md §3-4).
 
 Dimension letters: P learners, E examples per step of one learner, A_k / B_k
-inputs / outputs of layer k, N state, M message, H = N / 2.
+inputs / outputs of layer k, N state, M message (docs/model.md §8).
 
 ``StepModule`` is ONE call of ``vsml_train.model.step.step`` with V_M frozen in as
 constants; its flat positional signature (state tensors in
@@ -10,7 +10,7 @@ graph's inputs. Labels arrive as int64 with -1 = "no label" and become one-hot
 inside the graph, so the runtime never computes anything about the model.
 
 ``InitModule`` maps standard normal noise truncated at +-2 to a fresh state
-by tracing ``vsml_train.model.state.state_from_noise`` itself (reference section 3,
+by tracing ``vsml_train.model.state.state_from_noise`` itself (docs/model.md §3,
 "Initial state"; every size stays symbolic there); the runtime only draws the
 noise.
 """
@@ -79,7 +79,7 @@ class StepModule(torch.nn.Module):
 class InitModule(torch.nn.Module):
     """forward(*noise, examples) -> fresh state tensors in ``state_names`` order.
 
-    ``state_from_noise`` with V_M frozen in: noise_k [P, A_k, B_k, H] standard
+    ``state_from_noise`` with V_M frozen in: noise_k [P, A_k, B_k, N/2] standard
     normal truncated at +-2, examples [E] (only its length is used: every
     example starts from the same state).
     """

@@ -1,7 +1,8 @@
 """Tracing ONE call of the VSML step (and of the initial state) into ONNX graphs.
 
-Dimension letters: P learners, E examples per step, A inputs, B classes,
-H1.. hidden layer sizes, N state, M message.
+Dimension letters (docs/model.md §8): P learners, E examples per step, A inputs,
+B classes, N state, M message; ``H1``.. and ``H`` (= N/2) are the format's
+dimension names of the hidden layer sizes and the noise units.
 
 The graphs are traced at small sizes chosen to be distinct (and unlike N, M
 and 1) with P, E, A, B and the hidden sizes marked dynamic, so that no tracer

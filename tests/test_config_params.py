@@ -11,7 +11,7 @@ from vsml_train.model.params import check_params, flatten, init_params, n_params
 
 
 def test_reference_parameter_count() -> None:
-    assert n_params(VSMLConfig()) == 2384  # reference section 2
+    assert n_params(VSMLConfig()) == 2384  # docs/model.md §2
     assert n_params(VSMLConfig(shared_params=False, hidden=(5,))) == 2 * 2384
 
 

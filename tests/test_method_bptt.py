@@ -1,4 +1,4 @@
-"""Backprop through unrolled episodes (reference section 6.3) on tiny sizes."""
+"""Backprop through unrolled episodes (docs/model.md §6.3) on tiny sizes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CMA-ES on the flat V_M (reference section 6.4): learning, exact state, own RNG, weights_only checkpoints."""
+"""CMA-ES on the flat V_M (docs/model.md §6.4): learning, exact state, own RNG, weights_only checkpoints."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Antithetic ES (reference section 6.2): estimator math, common random numbers, learning on a toy task."""
+"""Antithetic ES (docs/model.md §6.2): estimator math, common random numbers, learning on a toy task."""
 
 from __future__ import annotations
 

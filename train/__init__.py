@@ -1,8 +1,14 @@
 """vsml_train: the VSML model in PyTorch and the ways to meta-learn its V_M.
 
 Kirsch & Schmidhuber, "Meta Learning Backpropagation And Improving It"
-(NeurIPS 2021). The specification is ``docs/vsml-reference.md`` of the shared
-material; module docstrings cite its sections.
+(NeurIPS 2021). ``docs/model.md`` of this repository states the model and the
+protocol in our own words; module docstrings cite its sections (§N).
+
+Layout, each layer using only those before it (``tests/test_layers.py``):
+``model`` (the VSML model, the Meta RNN baseline) -> ``data`` (numpy only) ->
+``evaluation`` -> ``methods`` (meta-training; the meta-test is passed in) ->
+the CLIs (``cli_train``, ``cli_eval``, ``cli_meta_rnn``, ``demo``) and
+``clone_check``. Shared, standard library only: ``seeds``, ``options``, ``files``.
 """
 
 from .model import (

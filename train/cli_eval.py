@@ -1,4 +1,4 @@
-"""`vsml-eval`: meta-test a learner online next to tuned baselines (reference section 7).
+"""`vsml-eval`: meta-test a learner online next to tuned baselines (docs/model.md §7).
 
     vsml-eval MODEL [MODEL ...] --dataset fashion-mnist [--steps 2000 --streams 32 --split test --out DIR]
 

@@ -1,4 +1,4 @@
-"""`vsml-meta-rnn`: meta-train the Meta RNN baseline (docs/model.md "Meta RNN").
+"""`vsml-meta-rnn`: meta-train the Meta RNN baseline (docs/model.md §6.6).
 
     vsml-meta-rnn --out DIR [--iterations N --episodes S --lr LR --hidden U] [--resume]
 

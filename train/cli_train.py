@@ -1,4 +1,4 @@
-"""`vsml-train`: meta-learn V_M and write ``model.pt`` (reference section 6).
+"""`vsml-train`: meta-learn V_M and write ``model.pt`` (docs/model.md §6).
 
     vsml-train --method {clone,es,bptt,cmaes} --preset NAME [--KEY VALUE ...] --out DIR
     vsml-train --resume --out DIR [--iterations N]        # continue a run

@@ -1,4 +1,4 @@
-"""A cloned backprop online next to the SGD it imitates (docs/model.md "Backprop cloning"; paper section 3.3).
+"""A cloned backprop online next to the SGD it imitates (docs/model.md §6.1).
 
 ``compare_with_sgd`` runs the clone as one full A x B layer (``VSMLLearner``,
 the deployed rollout) and the online SGD it imitates (``ImitatedSGD``) through
@@ -7,7 +7,7 @@ with the learning rate the clone's config implies. It joins the clone's
 scaling (``methods.clone``) with the evaluation, so it sits above both, beside
 the CLIs.
 
-Dimension letters (docs/model.md): T steps, S streams (independent learners),
+Dimension letters (docs/model.md §8): T steps, S streams (independent learners),
 E examples per step, A inputs, B classes.
 """
 
@@ -24,7 +24,7 @@ from .evaluation.harness import evaluate
 from .evaluation.imitated_sgd import ImitatedSGD, summary_dict, to_streams
 from .evaluation.learners import VSMLLearner
 from .evaluation.metrics import FIRST_STEPS, LAST_STEPS
-from .methods.clone import CloneOptions, implied_sgd_lr, weight_factor
+from .methods.clone_options import CloneOptions, implied_sgd_lr, weight_factor
 from .model.config import VSMLConfig
 from .model.params import Params
 from .model.state import init_noise

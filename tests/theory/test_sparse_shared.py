@@ -1,4 +1,4 @@
-"""The sparse-shared view (reference section 5): VS Meta RNN == one dense RNN with a sparse shared matrix."""
+"""The sparse-shared view (docs/model.md §5): VS Meta RNN == one dense RNN with a sparse shared matrix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reproducible streams of examples for meta-training and meta-test (reference sections 6 and 7).
+"""Reproducible streams of examples for meta-training and meta-test (docs/model.md §6 and §7).
 
 A *stream* is one task's sequence of T examples, seen once, in order, by a
 fresh learner. ``sample_streams`` draws S streams from a labelled set;
@@ -22,7 +22,7 @@ Per stream, from a labelled set:
    (the reference uses the MNIST values for every dataset), then apply the
    augmentation's feature maps (so a projection sees centred inputs).
 
-Dimension letters: T steps, S streams, N examples, A features, B classes.
+Dimension letters: T steps, S streams, I examples (instances) of a dataset, A features, B classes.
 """
 
 from __future__ import annotations
@@ -151,10 +151,10 @@ def sample_streams(
     """Draw S reproducible streams of T examples from a labelled set.
 
     Args:
-        features: [N, A] float in [0, 1] (``Dataset.features``), or uint8
-            images [N, H, W] / [N, A] (``Dataset.images``), scaled to [0, 1]
+        features: [I, A] float in [0, 1] (``Dataset.features``), or uint8
+            images [I, rows, cols] / [I, A] (``Dataset.images``), scaled to [0, 1]
             here, only for the drawn rows.
-        labels: int [N] in [0, n_classes).
+        labels: int [I] in [0, n_classes).
         n_streams: S.
         n_steps: T.
         seed: master seed (int or SeedSequence).
@@ -171,7 +171,7 @@ def sample_streams(
     features = np.asarray(features)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(features) or len(labels) == 0:
-        raise ValueError(f"need labels [N] matching features [N, ...], got {labels.shape} and {features.shape}")
+        raise ValueError(f"need labels [I] matching features [I, ...], got {labels.shape} and {features.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     flat = features.reshape(len(features), -1)  # [N, A] (a view)

@@ -1,4 +1,4 @@
-"""vsml_train.evaluation: online (prequential) evaluation and baselines (reference section 7).
+"""vsml_train.evaluation: online (prequential) evaluation and baselines (docs/model.md §7).
 
 Typical use::
 

@@ -1,4 +1,4 @@
-"""Evaluate online learners on the same streams; tune baseline learning rates (reference section 7).
+"""Evaluate online learners on the same streams; tune baseline learning rates (docs/model.md §7).
 
 Layers, each usable alone:
 

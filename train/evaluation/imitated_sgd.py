@@ -1,12 +1,12 @@
-"""The online SGD a cloned backprop imitates, as an online learner (docs/model.md "Backprop cloning").
+"""The online SGD a cloned backprop imitates, as an online learner (docs/model.md §6.1).
 
 A linear softmax layer on tanh(x), trained online by (mini-batch over E) SGD
 from given initial weights, test-then-train: what one cloned VSML layer is
-taught to be (paper section 3.3). ``ImitatedSGD`` puts it behind the
+taught to be. ``ImitatedSGD`` puts it behind the
 ``OnlineLearner`` protocol so that the harness scores it on the same streams
 as the clone; ``online_summary`` is the harness's summary of such a run.
 
-Dimension letters (docs/model.md): T steps, S streams, E examples per step,
+Dimension letters (docs/model.md §8): T steps, S streams, E examples per step,
 A inputs, B classes.
 """
 

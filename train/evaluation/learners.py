@@ -1,4 +1,4 @@
-"""The online-learner interface of the evaluation, and VSML behind it (reference section 7).
+"""The online-learner interface of the evaluation, and VSML behind it (docs/model.md §7).
 
 An online learner takes S independent streams at once and returns, for every
 step, the logits it predicted for x_t BEFORE it was shown y_t (test, then
@@ -75,7 +75,7 @@ class VSMLLearner:
     With ``examples_per_step`` E > 1, each stream's consecutive examples are
     grouped E at a time: step t' processes examples t'E .. t'E + E - 1 of the
     stream in parallel (one VSML learner with E examples, batch-averaged as the
-    config says, reference section 4). The logits of all E examples of a group
+    config says, docs/model.md §4). The logits of all E examples of a group
     are made before any of their labels is used, so a group is a mini-batch;
     T must be a multiple of E.
 

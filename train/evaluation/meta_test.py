@@ -1,11 +1,11 @@
-"""The periodic meta-test of a training run (docs/model.md "Evaluation protocol"; paper section 4).
+"""The periodic meta-test of a training run (docs/model.md §7).
 
 ``meta_test_evaluator`` builds the ``evaluate(params) -> metrics`` callback
 that ``vsml_train.methods.runner.train`` calls: online (prequential)
 accuracy on held-out datasets at their full input size. The methods receive
 it as an argument and never import this package.
 
-Dimension letters (docs/model.md): T steps, S streams, A inputs, B classes.
+Dimension letters (docs/model.md §8): T steps, S streams, A inputs, B classes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The contract every meta-training method implements (reference section 6).
+"""The contract every meta-training method implements (docs/model.md §6).
 
 A method is a small class with explicit state, so one run loop (progress,
 logging, periodic evaluation, checkpoints, resume, Ctrl-C) drives them all:

@@ -1,4 +1,4 @@
-"""Meta-learning V_M by backpropagation through unrolled episodes (reference section 6.3).
+"""Meta-learning V_M by backpropagation through unrolled episodes (docs/model.md §6.3).
 
 One update: S episodes (streams of the task mix) run as S learners that share
 one V_M (base-shaped parameters broadcast over the learner axis) in one

@@ -1,11 +1,11 @@
-"""Held-out regression errors of a cloned backprop (docs/model.md "Backprop cloning"; paper section 3.3).
+"""Held-out regression errors of a cloned backprop (docs/model.md §6.1).
 
 ``clone_errors`` measures the regression on random problems the trainer never
 drew. The online comparison with the SGD it imitates goes through the
 evaluation harness: ``vsml_train.clone_check.compare_with_sgd``.
 
-Dimension letters (docs/model.md): T steps, E examples per step, Q random
-problems, G problems per row.
+Dimension letters (docs/model.md §8): T steps, P random problems (each one
+learner of the rollout), E examples per step, G problems per row.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import Tensor
 from ..model.config import VSMLConfig
 from ..model.params import Params
 from ..seeds import CLONE_HELD_OUT
-from .clone import CloneOptions, _iteration_generator
+from .clone import _iteration_generator
 from .clone_objective import (
     clone_rollout,
     expand_examples,
@@ -26,6 +26,7 @@ from .clone_objective import (
     sample_weights,
     sgd_targets,
 )
+from .clone_options import CloneOptions
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

@@ -1,4 +1,4 @@
-"""The backprop-cloning objective: random problems, the cell rollout, the losses (reference 6.1).
+"""The backprop-cloning objective: random problems, the cell rollout, the losses (docs/model.md §6.1).
 
 Each sub-RNN is taught to behave like ONE weight w of a tanh layer trained by
 SGD. The weight is held scaled down, w~ = W / (target_scale * G) (G the logit
@@ -15,7 +15,8 @@ and error message layout and the averaging/clipping, on grids of A = B = 1:
 the cloned cell IS the deployed cell (a parity test runs ``step`` on a grid
 and the clone rollout cell by cell).
 
-Dimension letters: T steps, P problems (independent cells), R rows of G
+Dimension letters (docs/model.md §8): T steps, P problems (independent cells,
+the learners of the rollout), R rows of G
 problems sharing one input stream (P = R * G), E examples per step (state
 averaged over E), Q problems of the long-horizon pool, N state, M message.
 """

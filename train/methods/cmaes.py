@@ -1,4 +1,4 @@
-"""Improving an existing V_M (a cloned backprop first of all) with CMA-ES (reference section 6.4).
+"""Improving an existing V_M (a cloned backprop first of all) with CMA-ES (docs/model.md §6.4).
 
 The ``cma`` package's ``CMAEvolutionStrategy`` runs the ask / tell loop over
 the flat V_M, starting at the given model with initial step size ``sigma0``.

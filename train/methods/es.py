@@ -1,4 +1,4 @@
-"""Meta-learning V_M from scratch with antithetic evolution strategies (reference section 6.2).
+"""Meta-learning V_M from scratch with antithetic evolution strategies (docs/model.md §6.2).
 
 One iteration, over the flat V_M vector theta [D]:
 
@@ -19,7 +19,8 @@ of the population ("penalise").
 The estimator math lives in small pure functions (``centred_ranks``,
 ``guard_nonfinite``, ``es_grad``) apart from sampling and distribution.
 
-Dimension letters: P pairs (2P population members), D flat V_M size,
+Dimension letters (docs/model.md §8): P learners (here: P antithetic pairs, a
+population of 2P), D flat V_M size,
 T steps, E examples per step, A inputs, B classes.
 """
 

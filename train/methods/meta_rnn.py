@@ -1,4 +1,4 @@
-"""Meta-training the Meta RNN baseline by backpropagation through episodes (docs/model.md "Meta RNN").
+"""Meta-training the Meta RNN baseline by backpropagation through episodes (docs/model.md §6.6).
 
 The same task mix and meta-loss as VSML's BPTT learner (mean online
 cross-entropy, Adam, gradient-norm clip), on raw 784-pixel MNIST with labels
@@ -9,7 +9,7 @@ LSTM could not be evaluated after). ``MetaRNNTrainer`` is a
 (``methods.runner.train``: progress, metrics log, checkpoints, bit-exact
 resume) and writes ``OUT/meta_rnn.pt``.
 
-Dimension letters (docs/model.md): T steps, S streams, A inputs, B classes, U
+Dimension letters (docs/model.md §8): T steps, S streams, A inputs, B classes, U
 LSTM units.
 """
 

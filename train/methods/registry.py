@@ -1,4 +1,4 @@
-"""The meta-training methods by name, presets, and option parsing (reference section 6).
+"""The meta-training methods by name, presets, and option parsing (docs/model.md §6).
 
 A run is defined by four parts, each a frozen dataclass:
 
@@ -51,7 +51,8 @@ class Method:
 
 def _clone_method() -> Method | None:
     try:
-        from .clone import CloneOptions, CloneTrainer, clone_config
+        from .clone import CloneTrainer
+        from .clone_options import CloneOptions, clone_config
     except ImportError:
         return None
     return Method("clone", CloneOptions, CloneTrainer, clone_config, compute=False)

@@ -1,4 +1,4 @@
-"""The task mix meta-training draws its episodes from (reference section 6).
+"""The task mix meta-training draws its episodes from (docs/model.md §6.5).
 
 A meta-training episode is one online classification stream: a fresh learner
 sees T examples of one task once, in order. The mix is built from the data

@@ -1,4 +1,4 @@
-"""vsml_train.model: the VSML model itself (docs/model.md; paper section 3).
+"""vsml_train.model: the VSML model itself (docs/model.md §2-5).
 
 The layer every other part of ``vsml_train`` builds on (model -> data ->
 evaluation -> methods -> CLIs); it imports nothing else of the package.

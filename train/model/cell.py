@@ -1,8 +1,8 @@
-"""The shared cell algebra of a VSML layer (docs/model.md, "One layer"; paper section 3, Eq. 1-2).
+"""The shared cell algebra of a VSML layer (docs/model.md §2 and §4).
 
-Dimension letters (docs/model.md, "Dimension letters"): P learners, E examples
+Dimension letters (docs/model.md §8): P learners, E examples
 per step of one learner, A inputs, B outputs of a layer, N state, M message,
-X extra cell inputs, K layers, W the width of one gate block.
+X extra cell inputs, K layers, J the width of a gate block (N, or 4N for all four).
 
 Everything every layer visit (``visits``, ``visit_onnx``) shares: the V_M of
 one layer, the split of ``w_gates`` into its row and gate blocks with the
@@ -152,9 +152,9 @@ def input_terms(
 ) -> tuple[Tensor, Tensor]:
     """The message part of one gate block's pre-activation, split by grid axis.
 
-    Returns the row term [P, E, A, K] (fwd_in[a] @ W_f + row extras) and the
-    column term [P|1, E|1, B|1, K] (bias + bwd_in[b] @ W_b + column extras),
-    K the block's width. Cell (a, b) gets row[a] + col[b].
+    Returns the row term [P, E, A, J] (fwd_in[a] @ W_f + row extras) and the
+    column term [P|1, E|1, B|1, J] (bias + bwd_in[b] @ W_b + column extras),
+    J the block's width. Cell (a, b) gets row[a] + col[b].
     """
     row = mm(fwd_in, w["f"])
     col = w["bias"]
@@ -165,7 +165,7 @@ def input_terms(
     xr = 0
     if row_x is not None:
         xr = row_x.shape[-1]
-        rx = row_x @ w["x"][..., :xr, :]  # [A, K] or [P, A, K]
+        rx = row_x @ w["x"][..., :xr, :]  # [A, J] or [P, A, J]
         row = row + (rx.unsqueeze(1) if rx.dim() == 3 else rx)
     if col_x is not None:
         col = col + mm(col_x, w["x"][..., xr:, :])

@@ -1,4 +1,4 @@
-"""The VSML model configuration (reference sections 2-4).
+"""The VSML model configuration (docs/model.md §2-4).
 
 One frozen dataclass holds every switch of the model. Defaults are the
 reference defaults; presets for experiments are small named functions or

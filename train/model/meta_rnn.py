@@ -1,7 +1,6 @@
-"""The Meta RNN baseline model: one LSTM fed [x_t, e_{t-1}, y_{t-1}] (docs/model.md "Meta RNN").
+"""The Meta RNN baseline model: one LSTM fed [x_t, e_{t-1}, y_{t-1}] (docs/model.md §6.6).
 
-What VSML's weight sharing buys is measured against this (paper section 4.3,
-the "Meta RNN" of Hochreiter et al. 2001 that VSML generalises): a plain LSTM
+What VSML's weight sharing buys is measured against this: a plain LSTM
 of 128 units that sees the input, the error of its previous prediction and the
 previous label. Its weights are specific to one input size A and one number
 of classes B, so it can only be evaluated on tasks of the shape it was built
@@ -15,7 +14,7 @@ One step for stream s at time t::
     logits_t = W_out h_t + b_out                       # [B], made before y_t is seen
     e_t      = softmax(logits_t) - onehot(y_t)        # the error fed back next step
 
-Dimension letters (docs/model.md): T steps, S streams, A inputs, B classes,
+Dimension letters (docs/model.md §8): T steps, S streams, A inputs, B classes,
 U LSTM units.
 """
 

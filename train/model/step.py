@@ -1,6 +1,6 @@
-"""One VSML time step: the schedule of layer visits (docs/model.md "One time step"; paper section 3).
+"""One VSML time step: the schedule of layer visits (docs/model.md §3).
 
-Dimension letters (docs/model.md): P learners, E examples per step of one
+Dimension letters (docs/model.md §8): P learners, E examples per step of one
 learner, A inputs, B outputs of a layer, N state, M message, K layers.
 
 ``step(params, state, x, y, config)`` is a pure function: it never updates a

@@ -1,4 +1,4 @@
-"""The ONNX-tuned layer visit and batch averaging (docs/model.md "One layer", "Stabilisers").
+"""The ONNX-tuned layer visit and batch averaging (docs/model.md §2 and §4).
 
 Dimension letters: P learners, E examples per step of one learner, A inputs,
 B outputs of a layer, N state, M message, X extra cell inputs, C = P*E*A*B cells.

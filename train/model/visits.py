@@ -1,6 +1,6 @@
 """The layer visits: micro ticks of one layer on fixed incoming messages, then its heads.
 
-Paper section 3 (Eq. 1-2), docs/model.md "One layer". Dimension letters as in
+docs/model.md §2 (the factoring at its end). Dimension letters as in
 ``cell``. Every visit has the same signature and gives the same numbers (held
 to the per-cell reference in ``tests/test_step.py``):
 
