@@ -21,15 +21,13 @@ from typing import Any
 
 import torch
 
-from ..model.config import VSMLConfig
-from ..model.episode import make_step_fn, online_loss, run_episode
+from ..model.episode import online_loss, run_episode
 from ..model.params import Params, check_params
 from ..model.state import state_from_noise
-from ..model.step import Impl
 from ..seeds import STATE, derive_seed
-from .base import default_tasks, starting_params
+from .base import RolloutTrainer
 from .es import cell_steps
-from .tasks import TaskOptions, TaskSource, member_noise
+from .tasks import TaskOptions, member_noise
 
 
 @dataclass(frozen=True)
@@ -62,41 +60,18 @@ class BpttOptions:
             raise ValueError(f"truncation must be >= 1 or None, got {self.truncation}")
 
 
-class BpttTrainer:
+class BpttTrainer(RolloutTrainer):
     """Backprop through unrolled episodes with Adam (implements ``methods.base.Trainer``).
 
-    Args:
-        config: the model.
-        options: ``BpttOptions``.
-        seed: the run's seed; update i's episodes and initial states derive from (seed, i).
-        init: a starting V_M (base shapes); default ``init_params(config, seed)``.
-        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
-        device, impl, compile: where and how the step runs (``RunOptions``
-            of the run: ``methods.registry.make_trainer`` passes them).
+    Args: as ``methods.base.RolloutTrainer``, ``options`` a ``BpttOptions``.
     """
 
     name = "bptt"
 
-    def __init__(
-        self,
-        config: VSMLConfig,
-        options: BpttOptions,
-        seed: int,
-        init: Params | None = None,
-        tasks: TaskSource | None = None,
-        *,
-        device: str = "cpu",
-        impl: Impl = "fast",
-        compile: bool = False,
-    ) -> None:
-        self.config, self.options, self.seed = config, options, seed
-        self.device = torch.device(device)
-        start = starting_params(config, seed, init)
+    def setup(self, start: Params) -> None:
         self.vm = {k: torch.nn.Parameter(v.detach().to(self.device, torch.float32).clone()) for k, v in start.items()}
         self._names = sorted(self.vm)
-        self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=options.lr, betas=options.betas)
-        self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, impl, compile)
+        self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=self.options.lr, betas=self.options.betas)
 
     def loss(self, iteration: int) -> tuple[torch.Tensor, int]:
         """The differentiable meta-loss of update ``iteration`` and its cell steps."""

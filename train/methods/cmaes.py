@@ -35,16 +35,13 @@ import cma
 import numpy as np
 import torch
 
-from ..model.config import VSMLConfig
-from ..model.episode import make_step_fn
 from ..model.params import Params, flatten, unflatten
-from ..model.step import Impl
 from ..seeds import CMAES_RNG, STATE, derive_seed
-from .base import default_tasks, starting_params
+from .base import RolloutTrainer
 from .checkpoint import pickle_to_tensor, tensor_to_pickle
 from .distributed import World, current_world, gather_fitness, shard
 from .es import cell_steps, population_loss
-from .tasks import Episodes, TaskOptions, TaskSource, member_noise
+from .tasks import Episodes, TaskOptions, member_noise
 
 
 @dataclass(frozen=True)
@@ -81,42 +78,21 @@ def finite_fitness(fit: np.ndarray) -> tuple[np.ndarray, int]:
     return np.where(bad, worst, fit), int(bad.sum())
 
 
-class CmaesTrainer:
+class CmaesTrainer(RolloutTrainer):
     """CMA-ES on the flat V_M (implements ``methods.base.Trainer``).
 
-    Args:
-        config: the model.
-        options: ``CmaesOptions``.
-        seed: the run's seed (optimizer RNG, episodes, initial states).
-        init: the V_M to improve (base shapes); default ``init_params(config, seed)``.
-        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
-        device, impl, compile: where and how the step runs (``RunOptions``
-            of the run: ``methods.registry.make_trainer`` passes them).
+    Args: as ``methods.base.RolloutTrainer``, ``options`` a ``CmaesOptions``.
     """
 
     name = "cmaes"
 
-    def __init__(
-        self,
-        config: VSMLConfig,
-        options: CmaesOptions,
-        seed: int,
-        init: Params | None = None,
-        tasks: TaskSource | None = None,
-        *,
-        device: str = "cpu",
-        impl: Impl = "fast",
-        compile: bool = False,
-    ) -> None:
-        self.config, self.options, self.seed = config, options, seed
+    def setup(self, start: Params) -> None:
         self.world: World = current_world()
-        self.device = torch.device(device)
-        start = starting_params(config, seed, init)
         x0 = flatten(start).detach().to("cpu", torch.float64).numpy()
-        rng = np.random.RandomState(derive_seed(seed, CMAES_RNG) % 2**32)
+        rng = np.random.RandomState(derive_seed(self.seed, CMAES_RNG) % 2**32)
         opts = {
-            "popsize": options.popsize,
-            "CMA_diagonal": bool(options.diagonal),
+            "popsize": self.options.popsize,
+            "CMA_diagonal": bool(self.options.diagonal),
             "randn": rng.randn,  # the optimizer's own generator, pickled with it
             "seed": math.nan,  # leave numpy's global generator alone
             "verbose": -9,
@@ -126,9 +102,7 @@ class CmaesTrainer:
             "tolfun": 0,
             "tolx": 0,
         }
-        self.es = cma.CMAEvolutionStrategy(x0, options.sigma0, opts)
-        self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, impl, compile)
+        self.es = cma.CMAEvolutionStrategy(x0, self.options.sigma0, opts)
 
     def evaluate(self, iteration: int, candidates: np.ndarray) -> tuple[np.ndarray, int]:
         """Fitness [L] of every candidate (this process's shard, gathered) and the cell steps done."""

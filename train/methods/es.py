@@ -34,14 +34,13 @@ import torch
 from torch import Tensor
 
 from ..model.config import VSMLConfig
-from ..model.episode import make_step_fn, online_loss, run_episode
+from ..model.episode import online_loss, run_episode
 from ..model.params import Params, flatten, n_params, unflatten
 from ..model.state import state_from_noise
-from ..model.step import Impl
 from ..seeds import NOISE, STATE, derive_seed
-from .base import default_tasks, starting_params
+from .base import RolloutTrainer
 from .distributed import World, current_world, gather_fitness, shard
-from .tasks import Episodes, TaskOptions, TaskSource, member_noise
+from .tasks import Episodes, TaskOptions, member_noise
 
 NonFinite = Literal["exclude", "penalise"]
 
@@ -179,41 +178,18 @@ def cell_steps(config: VSMLConfig, episodes: Episodes, learners: int) -> int:
 # the trainer
 
 
-class EsTrainer:
+class EsTrainer(RolloutTrainer):
     """Antithetic ES with Adam over the flat V_M (implements ``methods.base.Trainer``).
 
-    Args:
-        config: the model.
-        options: ``EsOptions``.
-        seed: the run's seed; every random number of iteration i derives from (seed, i).
-        init: a starting V_M (base shapes); default ``init_params(config, seed)``.
-        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
-        device, impl, compile: where and how the step runs (``RunOptions``
-            of the run: ``methods.registry.make_trainer`` passes them).
+    Args: as ``methods.base.RolloutTrainer``, ``options`` a ``EsOptions``.
     """
 
     name = "es"
 
-    def __init__(
-        self,
-        config: VSMLConfig,
-        options: EsOptions,
-        seed: int,
-        init: Params | None = None,
-        tasks: TaskSource | None = None,
-        *,
-        device: str = "cpu",
-        impl: Impl = "fast",
-        compile: bool = False,
-    ) -> None:
-        self.config, self.options, self.seed = config, options, seed
+    def setup(self, start: Params) -> None:
         self.world: World = current_world()
-        self.device = torch.device(device)
-        start = starting_params(config, seed, init)
         self.theta = torch.nn.Parameter(flatten(start).detach().to(self.device, torch.float32).clone())
-        self.opt = torch.optim.Adam([self.theta], lr=options.lr, betas=options.betas)
-        self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, impl, compile)
+        self.opt = torch.optim.Adam([self.theta], lr=self.options.lr, betas=self.options.betas)
 
     # ask / tell ------------------------------------------------------------
 

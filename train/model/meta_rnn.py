@@ -21,7 +21,6 @@ U LSTM units.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..files import atomic_write_bytes
+from .model_file import read_torch_file, write_torch_file
 
 FORMAT = "vsml-meta-rnn"
 FORMAT_VERSION = 1
@@ -107,24 +106,12 @@ def save_meta_rnn(path: str | Path, model: MetaRNN, meta: dict[str, Any]) -> Non
         "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "meta": json.loads(json.dumps(meta, default=str)),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_torch_file(path, payload)
 
 
 def load_meta_rnn(path: str | Path) -> tuple[MetaRNN, dict[str, Any]]:
     """Read a Meta RNN file; ``ValueError`` naming the problem if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Meta RNN file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable Meta RNN file (corrupt or truncated?): {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a Meta RNN file (no 'format': '{FORMAT}' entry)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {payload.get('format_version')}, this reads {FORMAT_VERSION}")
+    payload = read_torch_file(path, fmt=FORMAT, version=FORMAT_VERSION, noun="Meta RNN file", title="Meta RNN file")
     try:
         model = MetaRNN(MetaRNNConfig(**payload["config"]))
         model.load_state_dict(payload["state"])
