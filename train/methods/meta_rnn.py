@@ -164,5 +164,9 @@ def train_meta_rnn(
         result = train(trainer, run, out, spec=spec, resume=resume, model_name=MODEL, write_model=write_model)
     except CheckpointError as exc:
         raise SystemExit(f"vsml-meta-rnn: {exc}") from exc
-    assert result.model_path is not None or result.interrupted
+    if result.interrupted:
+        raise SystemExit(
+            f"vsml-meta-rnn: interrupted after iteration {result.iteration}; checkpoint saved in {out}. "
+            "Continue with --resume."
+        )
     return out / MODEL
