@@ -14,7 +14,7 @@ function (a lazy import is still a dependency).
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,67 +86,59 @@ def test_the_import_reader_sees_the_imports() -> None:
     assert "vsml_train.model.visits" in _first_party("vsml_train.model.step")
 
 
+def _violations(layer: str, bad: Callable[[str], bool], *, all_imports: bool = False) -> list[tuple[str, str]]:
+    """(module, import) pairs of ``layer`` whose import ``bad`` flags (first-party imports unless ``all_imports``)."""
+    found = {(m, i) for m in _in_layer(layer) for i in (_imports(m) if all_imports else _first_party(m)) if bad(i)}
+    return sorted(found)
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def _is_cli(name: str) -> bool:
+    return name.rpartition(".")[2].startswith("cli_")
+
+
 def test_runtime_imports_nothing_of_training_or_torch() -> None:
-    bad = {
-        (m, i)
-        for m in _in_layer("vsml_runtime")
-        for i in _imports(m)
-        if i.split(".")[0] in ("vsml_train", "vsml_export", "torch")
-    }
-    assert not bad, f"vsml_runtime must run without torch and the training code: {sorted(bad)}"
+    bad = _violations("vsml_runtime", lambda i: _top(i) in ("vsml_train", "vsml_export", "torch"), all_imports=True)
+    assert not bad, f"vsml_runtime must run without torch and the training code: {bad}"
 
 
 def test_model_imports_nothing_else_of_the_package() -> None:
-    bad = {
-        (m, i)
-        for m in _in_layer("vsml_train.model")
-        for i in _first_party(m)
-        if not _under(i, "vsml_train.model") and i not in SHARED
-    }
-    assert not bad, f"vsml_train.model is the bottom layer: {sorted(bad)}"
+    bad = _violations("vsml_train.model", lambda i: not _under(i, "vsml_train.model") and i not in SHARED)
+    assert not bad, f"vsml_train.model is the bottom layer: {bad}"
 
 
 def test_data_is_numpy_only() -> None:
-    bad = {
-        (m, i)
-        for m in _in_layer("vsml_train.data")
-        for i in _imports(m)
-        if i.split(".")[0] == "torch" or (i.split(".")[0] in FIRST_PARTY and not _under(i, "vsml_train.data"))
-    }
-    bad = {(m, i) for m, i in bad if i not in SHARED}
-    assert not bad, f"vsml_train.data must stay numpy only: {sorted(bad)}"
+    def foreign(i: str) -> bool:
+        if i in SHARED:
+            return False
+        return _top(i) == "torch" or (_top(i) in FIRST_PARTY and not _under(i, "vsml_train.data"))
+
+    bad = _violations("vsml_train.data", foreign, all_imports=True)
+    assert not bad, f"vsml_train.data must stay numpy only: {bad}"
 
 
 def test_evaluation_never_imports_the_methods_or_the_clis() -> None:
-    bad = {
-        (m, i)
-        for m in _in_layer("vsml_train.evaluation")
-        for i in _first_party(m)
-        if _under(i, "vsml_train.methods") or i.rpartition(".")[2].startswith("cli_")
-    }
-    assert not bad, f"the evaluation builds on model and data only: {sorted(bad)}"
+    bad = _violations("vsml_train.evaluation", lambda i: _under(i, "vsml_train.methods") or _is_cli(i))
+    assert not bad, f"the evaluation builds on model and data only: {bad}"
 
 
 def test_methods_never_import_the_evaluation() -> None:
-    bad = {
-        (m, i)
-        for m in _in_layer("vsml_train.methods")
-        for i in _first_party(m)
-        if _under(i, "vsml_train.evaluation") or i.rpartition(".")[2].startswith("cli_")
-    }
-    assert not bad, f"the methods receive the meta-test as an argument: {sorted(bad)}"
+    bad = _violations("vsml_train.methods", lambda i: _under(i, "vsml_train.evaluation") or _is_cli(i))
+    assert not bad, f"the methods receive the meta-test as an argument: {bad}"
 
 
 def test_export_imports_only_the_model_and_the_runtime_format() -> None:
     # vsml_train itself: only for __version__ (the package root, which re-exports the model)
     allowed = {"vsml_runtime.format", "vsml_train", *SHARED}
-    bad = {
-        (m, i)
-        for m in _in_layer("vsml_export")
-        for i in _first_party(m)
-        if not _under(i, "vsml_export") and not _under(i, "vsml_train.model") and i not in allowed
-    }
-    assert not bad, f"vsml_export traces the model and writes the runtime's format: {sorted(bad)}"
+
+    def foreign(i: str) -> bool:
+        return not (_under(i, "vsml_export") or _under(i, "vsml_train.model") or i in allowed)
+
+    bad = _violations("vsml_export", foreign)
+    assert not bad, f"vsml_export traces the model and writes the runtime's format: {bad}"
 
 
 def _cycle() -> list[str] | None:
