@@ -175,16 +175,7 @@ def run_spec(
     trainer = registry.make_trainer(spec, params)
     evaluate = None
     if spec.run.eval_every >= 0 and spec.run.eval_datasets and world.is_main:
-        r = spec.run
-        evaluate = meta_test_evaluator(
-            spec.config,
-            r.eval_datasets,
-            split=r.eval_split,
-            steps=r.eval_steps,
-            streams=r.eval_streams,
-            seed=r.seed,
-            device=device,
-        )
+        evaluate = meta_test_evaluator(spec.config, spec.run, device)
     tasks = getattr(spec.options, "tasks", None)
     meta = {"data": registry.to_plain(tasks) if tasks is not None else spec.method, "spec": identity, "preset": preset}
     result = train(trainer, spec.run, out, spec=identity, resume=resume, evaluate=evaluate, meta=meta, world=world)

@@ -11,6 +11,7 @@ Dimension letters (docs/model.md §8): T steps, S streams, A inputs, B classes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
@@ -22,32 +23,45 @@ from .harness import EvalProtocol, protocol_streams
 from .metrics import summarize
 
 
-def meta_test_evaluator(
-    config: VSMLConfig,
-    datasets: Sequence[str],
-    *,
-    split: str = "test",
-    steps: int = 500,
-    streams: int = 4,
-    seed: int = 0,
-    device: str = "cpu",
-) -> Callable[[Params], dict[str, float]]:
-    """Online meta-test of a V_M on held-out datasets (``RunOptions.eval_*`` of the run).
+class MetaTestSettings(Protocol):
+    """What the meta-test reads of a run's options (``methods.runner.RunOptions`` has these fields)."""
 
-    The streams (``streams`` per dataset, ``steps`` long, batch 1, MNIST
-    scalar standardisation) are drawn once by the evaluation core
-    (``EvalProtocol``) from the run's ``seed``, so every evaluation of a run
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def eval_datasets(self) -> Sequence[str]: ...
+
+    @property
+    def eval_split(self) -> str: ...
+
+    @property
+    def eval_steps(self) -> int: ...
+
+    @property
+    def eval_streams(self) -> int: ...
+
+
+def meta_test_evaluator(
+    config: VSMLConfig, run: MetaTestSettings, device: str = "cpu"
+) -> Callable[[Params], dict[str, float]]:
+    """Online meta-test of a V_M on the held-out datasets of a run (its ``eval_*`` options).
+
+    The streams (``run.eval_streams`` per dataset, ``run.eval_steps`` long,
+    batch 1, MNIST scalar standardisation) are drawn once by the evaluation
+    core (``EvalProtocol``) from the run's seed, so every evaluation of a run
     sees the same streams; the V_M runs on the training ``device`` and
     ``summarize`` scores it. Reports per dataset: mean online accuracy, first
     100 / last 200 steps, and the online loss.
     """
+    seed = run.seed
     sets = []
-    for k, name in enumerate(datasets):
+    for k, name in enumerate(run.eval_datasets):
         proto = EvalProtocol(
             name,
-            split=split,  # type: ignore[arg-type]
-            n_steps=steps,
-            n_streams=streams,
+            split=run.eval_split,  # type: ignore[arg-type]
+            n_steps=run.eval_steps,
+            n_streams=run.eval_streams,
             seed=derive_seed(seed, EVAL, k) % 2**31,
         )
         st = protocol_streams(proto)
