@@ -30,7 +30,7 @@ ARG MODEL_PT=""
 RUN --mount=type=bind,source=.,target=/ctx mkdir -p /models \
  && if [ -n "$MODEL_PT" ]; then cp "/ctx/$MODEL_PT" /models/model.pt; \
     else python -c "from vsml_train import VSMLConfig, init_params; \
-from vsml_train.model_file import ModelFile, save_model; \
+from vsml_train.model.model_file import ModelFile, save_model; \
 c = VSMLConfig(layer_norm=True, backward_pass=True); \
 save_model('/models/model.pt', ModelFile(c, init_params(c, 0), {'method': 'random (demo)'}))"; fi \
  && vsml-export /models/model.pt /models/model.onnx

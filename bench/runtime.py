@@ -4,7 +4,7 @@ One run prints, for every case, ms per step of
 
 * ``ort``: ``Learner.learn`` / ``LearnerPool.learn`` (the whole call: input
   checks, the exported step, predictions) on ONNX Runtime,
-* ``eager``: ``vsml_train.step.step`` in PyTorch eager mode,
+* ``eager``: ``vsml_train.model.step.step`` in PyTorch eager mode,
 * ``compile``: the same step ``torch.compile``d (``make_step_fn(compile=True)``),
 
 and the ratios eager/ort and compile/ort, next to the authors' jit-compiled
@@ -41,11 +41,11 @@ import torch
 
 from vsml_export.exporter import ExportOptions, export_model
 from vsml_runtime import Learner, LearnerPool
-from vsml_train.config import VSMLConfig
-from vsml_train.episode import make_step_fn
-from vsml_train.model_file import ModelFile, save_model
-from vsml_train.params import init_params
-from vsml_train.state import init_state
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import make_step_fn
+from vsml_train.model.model_file import ModelFile, save_model
+from vsml_train.model.params import init_params
+from vsml_train.model.state import init_state
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 Run as ``python bench/step.py [--threads 2] [--seconds 2] [--clock wall|cpu] [--no-compile]``.
 
-Dimension letters as in ``vsml_train.step``: P learners (1 here), E examples
-per step, A inputs, B outputs, N state, M message, T micro ticks.
+Dimension letters as in ``vsml_train.model.step``: P learners (1 here), E examples
+per step, A inputs, B outputs, N state, M message.
 
 For each (A, B, N, E) row the three step functions are built with
-``vsml_train.episode.make_step_fn`` (exactly as the training code builds
+``vsml_train.model.episode.make_step_fn`` (exactly as the training code builds
 them), warmed up, checked against each other, then timed in interleaved
 rounds (one call of each per round) so that load from other processes hits
 all of them alike; the table reports medians. The machine's fp32
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from vsml_train.config import VSMLConfig
-from vsml_train.episode import make_step_fn
-from vsml_train.params import init_params
-from vsml_train.state import init_state
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import make_step_fn
+from vsml_train.model.params import init_params
+from vsml_train.model.state import init_state
 
 # (A, B, N, E, layer_norm)
 ROWS: list[tuple[int, int, int, int, bool]] = [
@@ -49,7 +49,7 @@ ROWS: list[tuple[int, int, int, int, bool]] = [
 ]
 
 FLOP_MODEL = (
-    "FLOPs/step = E*A*B * (T*(8N^2 + 13N) + LN*(2NM + 10M)): per cell and micro tick the gate matmul "
+    "FLOPs/step = E*A*B * (ticks*(8N^2 + 13N) + LN*(2NM + 10M)): per cell and micro tick the gate matmul "
     "h @ W_h [N, 4N] (2*N*4N) plus ~13N elementwise (z add 4N, activations 4N, c update 3N, tanh(c) N, "
     "h N); with LayerNorm the forward head and LN on every cell. The message terms (O(A + B)) and the "
     "reductions are left out. The SAME count is used for every implementation (naive executes more: "

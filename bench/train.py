@@ -22,14 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
-from vsml_train.config import VSMLConfig
-from vsml_train.episode import online_loss, run_episode
 from vsml_train.methods.bptt import BpttOptions, BpttTrainer
 from vsml_train.methods.es import EsOptions, EsTrainer, cell_steps, population_loss
 from vsml_train.methods.runner import limit_numpy_threads
-from vsml_train.methods.tasks import TaskOptions, derive_seed, member_noise
-from vsml_train.params import flatten
-from vsml_train.state import state_from_noise
+from vsml_train.methods.tasks import TaskOptions, member_noise
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import online_loss, run_episode
+from vsml_train.model.params import flatten
+from vsml_train.model.state import state_from_noise
+from vsml_train.seeds import derive_seed
 
 JAX_MS = {("es", 64): 0.137, ("es", 784): 2.01, ("bptt", 64): 1.29, ("bptt", 784): 12.6}
 
@@ -61,8 +62,8 @@ def bench_case(case: Case, steps: int, repeats: int, compile: bool = False) -> d
     """Seconds per iteration (whole trainer step and model alone) and derived rates."""
     cfg = case.config
     if case.method == "es":
-        opts = EsOptions(pairs=case.learners // 2, tasks=_tasks(case.inputs, steps), compile=compile)
-        tr = EsTrainer(cfg, opts, seed=0)
+        opts = EsOptions(pairs=case.learners // 2, tasks=_tasks(case.inputs, steps))
+        tr = EsTrainer(cfg, opts, seed=0, compile=compile)
         ep = tr.tasks.sample(0, 0, case.learners // 2)
         both = ep.__class__(torch.cat([ep.x, ep.x], 1), torch.cat([ep.y, ep.y], 1), ep.n_classes)
         flat = flatten(tr.params()).unsqueeze(0).repeat(case.learners, 1)
@@ -74,8 +75,8 @@ def bench_case(case: Case, steps: int, repeats: int, compile: bool = False) -> d
         it = iter(range(1, 1 << 30))
         whole = _time(lambda: tr.step(next(it)), repeats)
     else:
-        opts = BpttOptions(episodes=case.learners, tasks=_tasks(case.inputs, steps), compile=compile)
-        tr = BpttTrainer(cfg, opts, seed=0)
+        opts = BpttOptions(episodes=case.learners, tasks=_tasks(case.inputs, steps))
+        tr = BpttTrainer(cfg, opts, seed=0, compile=compile)
         ep = tr.tasks.sample(0, 0, case.learners)
         both = ep
         noise = member_noise(cfg, ep.x.shape[-1], ep.n_classes, [derive_seed(0, i) for i in range(case.learners)])

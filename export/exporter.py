@@ -1,14 +1,16 @@
 """`model.pt` -> `model.onnx` + `model.init.onnx` (one VSML step, and the initial state).
 
-Dimension letters: P learners, E examples per step, A inputs, B classes,
-H1.. hidden layer sizes, N state, M message.
+Dimension letters (docs/model.md §8): P learners, E examples per step, A inputs,
+B classes, N state, M message. The graph's dimension names (``A``, ``H1``..
+for the hidden layer sizes, ``B``, ``H`` = N/2 of the noise) are names of the
+file format (``vsml_runtime.format``), not letters of the code.
 
 Pipeline (``export_model``):
 
-1. load the model file (``vsml_train.model_file.load_model``), apply the
+1. load the model file (``vsml_train.model.model_file.load_model``), apply the
    export-time overrides (clip bound, batch averaging) to its config;
-2. trace ONE call of ``vsml_train.step.step`` (``StepModule``) with the
-   export-tuned impl (``impl="export"``, ``vsml_train.step_export``), at small
+2. trace ONE call of ``vsml_train.model.step.step`` (``StepModule``) with the
+   ONNX-tuned impl (``impl="onnx"``, ``vsml_train.model.visit_onnx``), at small
    sizes chosen to be distinct, with P, E, A, B and hidden sizes marked
    dynamic; trace ``InitModule`` the same way;
 3. stamp the metadata (``vsml_runtime.format``), run ``onnx.checker``;
@@ -40,9 +42,9 @@ import torch
 
 from vsml_runtime import format as fmt
 from vsml_train import __version__ as project_version
-from vsml_train.config import VSMLConfig
 from vsml_train.files import atomic_write_files
-from vsml_train.model_file import ModelFile, ModelFileError, load_model, params_hash
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile, ModelFileError, load_model, params_hash
 
 from .options import _UNSET, OPSETS, Exporter, ExportError, ExportOptions, ExportResult, apply_overrides
 from .trace import init_spec, size_names, state_spec, trace_init, trace_step

@@ -1,16 +1,16 @@
-"""Torch modules that the exporter traces (reference sections 3-4).
+"""Torch modules that the exporter traces (docs/model.md §3-4).
 
 Dimension letters: P learners, E examples per step of one learner, A_k / B_k
-inputs / outputs of layer k, N state, M message, H = N / 2.
+inputs / outputs of layer k, N state, M message (docs/model.md §8).
 
-``StepModule`` is ONE call of ``vsml_train.step.step`` with V_M frozen in as
+``StepModule`` is ONE call of ``vsml_train.model.step.step`` with V_M frozen in as
 constants; its flat positional signature (state tensors in
 ``state_names(config)`` order, then ``x``, then ``y``) becomes the ONNX
 graph's inputs. Labels arrive as int64 with -1 = "no label" and become one-hot
 inside the graph, so the runtime never computes anything about the model.
 
 ``InitModule`` maps standard normal noise truncated at +-2 to a fresh state
-by tracing ``vsml_train.state.state_from_noise`` itself (reference section 3,
+by tracing ``vsml_train.model.state.state_from_noise`` itself (docs/model.md §3,
 "Initial state"; every size stays symbolic there); the runtime only draws the
 noise.
 """
@@ -20,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vsml_train.config import VSMLConfig
-from vsml_train.params import Params
-from vsml_train.state import VSMLState, state_from_noise, state_names
-from vsml_train.step import Impl, step
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import Params
+from vsml_train.model.state import VSMLState, state_from_noise, state_names
+from vsml_train.model.step import Impl, step
 
 
 def labels_to_onehot_graph(y: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
@@ -32,7 +32,7 @@ def labels_to_onehot_graph(y: Tensor, n_classes: int, dtype: torch.dtype) -> Ten
     Compares with ``arange(B)``; pass B as a size read from a tensor's shape
     so that it stays a dynamic axis when traced. A label -1 (or any value
     outside [0, B)) gives an all-zero row, i.e. no error, matching
-    ``vsml_train.episode.labels_to_onehot`` on valid input.
+    ``vsml_train.model.episode.labels_to_onehot`` on valid input.
     """
     classes = torch.arange(n_classes, device=y.device, dtype=y.dtype)
     return (y.unsqueeze(-1) == classes).to(dtype)
@@ -79,7 +79,7 @@ class StepModule(torch.nn.Module):
 class InitModule(torch.nn.Module):
     """forward(*noise, examples) -> fresh state tensors in ``state_names`` order.
 
-    ``state_from_noise`` with V_M frozen in: noise_k [P, A_k, B_k, H] standard
+    ``state_from_noise`` with V_M frozen in: noise_k [P, A_k, B_k, N/2] standard
     normal truncated at +-2, examples [E] (only its length is used: every
     example starts from the same state).
     """

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vsml_train.config import BatchAverage, VSMLConfig
+from vsml_train.model.config import BatchAverage, VSMLConfig
 
 Exporter = Literal["dynamo", "legacy"]
 OPSETS = (18, 19, 20)
@@ -26,7 +26,7 @@ class ExportOptions:
         exporter: "legacy" (TorchScript tracer, default) or "dynamo" (torch.export).
         clip: override of the state clip bound (None disables); default: the model's.
         batch_average: override of the averaging mode; default: the model's.
-        tuned: trace ``step(..., impl="export")`` (``vsml_train.step_export``);
+        tuned: trace ``step(..., impl="onnx")`` (``vsml_train.model.visit_onnx``);
             False traces ``impl="blocked"`` (slower graph, same numbers).
         verify: compare ONNX Runtime with PyTorch before writing.
     """

@@ -1,7 +1,8 @@
 """Tracing ONE call of the VSML step (and of the initial state) into ONNX graphs.
 
-Dimension letters: P learners, E examples per step, A inputs, B classes,
-H1.. hidden layer sizes, N state, M message.
+Dimension letters (docs/model.md §8): P learners, E examples per step, A inputs,
+B classes, N state, M message; ``H1``.. and ``H`` (= N/2) are the format's
+dimension names of the hidden layer sizes and the noise units.
 
 The graphs are traced at small sizes chosen to be distinct (and unlike N, M
 and 1) with P, E, A, B and the hidden sizes marked dynamic, so that no tracer
@@ -22,8 +23,8 @@ import torch
 from torch import Tensor
 
 from vsml_runtime import format as fmt
-from vsml_train.config import VSMLConfig
-from vsml_train.state import init_state, state_names
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.state import init_state, state_names
 
 from .module import InitModule, StepModule
 from .options import ExportError, ExportOptions
@@ -46,7 +47,7 @@ def grid_names(config: VSMLConfig) -> list[str]:
 
 
 def state_spec(config: VSMLConfig) -> fmt.StateSpec:
-    """Names and axes of the state tensors (``vsml_train.state`` layout)."""
+    """Names and axes of the state tensors (``vsml_train.model.state`` layout)."""
     sizes = grid_names(config)
     layout: dict[str, tuple[str, ...]] = {}
     for name in state_names(config):
@@ -181,7 +182,7 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     axes += [{0: "P", 1: "E", 2: fmt.FEATURES_AXIS}, {0: "P", 1: "E"}]
     args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
     with _quiet(), torch.no_grad():
-        module = StepModule(params, config, impl="export" if options.tuned else "blocked").eval()
+        module = StepModule(params, config, impl="onnx" if options.tuned else "blocked").eval()
         return _to_onnx(module, args, inputs, outputs, axes, options)
 
 

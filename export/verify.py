@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from vsml_runtime import format as fmt
-from vsml_train.config import VSMLConfig
-from vsml_train.state import init_noise, state_from_noise, state_names
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.state import init_noise, state_from_noise, state_names
 
 from .module import StepModule
 from .options import ExportError

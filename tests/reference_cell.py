@@ -2,7 +2,7 @@
 
 Loops over learners p, examples e, cells (a, b); every sub-RNN is an explicit
 LSTM on u_ab = [fwd_in[a], bwd_in[b], extras] and h_ab. It shares nothing with
-``vsml_train.step`` but the config, the state container and the V_M layout, so
+``vsml_train.model.step`` but the config, the state container and the V_M layout, so
 it checks the fast and naive steps. Tiny sizes only.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vsml_train.config import VSMLConfig
-from vsml_train.params import Params
-from vsml_train.state import VSMLState
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import Params
+from vsml_train.model.state import VSMLState
 
 
 def _pget(params: Params, name: str, p: int, k: int, config: VSMLConfig, pop: bool) -> Tensor:
@@ -48,7 +48,7 @@ def _head(h: Tensor, w: Tensor, b: Tensor, g: Tensor | None, beta: Tensor | None
 def reference_step(
     params: Params, state: VSMLState, x: Tensor, y: Tensor, config: VSMLConfig
 ) -> tuple[VSMLState, Tensor]:
-    """Same contract as ``vsml_train.step.step``; x [P, E, A], y [P, E, B] one-hot."""
+    """Same contract as ``vsml_train.model.step.step``; x [P, E, A], y [P, E, B] one-hot."""
     pop = params["b_gates"].dim() == (1 if config.shared_params else 2) + 1
     P, E, _ = x.shape
     K = config.n_layers

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import shared_dataset_dir
 from vsml_runtime.learner import pretrained_path
 from vsml_train.cli_eval import learner_names, main
-from vsml_train.meta_rnn import MetaRNN, MetaRNNConfig, save_meta_rnn
+from vsml_train.model.meta_rnn import MetaRNN, MetaRNNConfig, save_meta_rnn
 
 
 def test_learner_names_are_unique_and_readable() -> None:

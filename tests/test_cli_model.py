@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vsml_train.cli_model import main, parse_changes
-from vsml_train.config import VSMLConfig
-from vsml_train.model_file import ModelFile, load_model, save_model
-from vsml_train.params import init_params
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile, load_model, save_model
+from vsml_train.model.params import init_params
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from tests.conftest import shared_dataset_dir
 from vsml_train.cli_train import cli, parse_overrides
-from vsml_train.config import VSMLConfig
 from vsml_train.methods import registry
 from vsml_train.methods.tasks import TaskMix, TaskOptions
-from vsml_train.model_file import load_model
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import load_model
 
 
 def test_every_preset_builds() -> None:
@@ -42,7 +42,7 @@ def test_reference_presets_hold_the_reference_defaults() -> None:
     cm = registry.build_spec(None, "cmaes-reference")
     o = cm.options
     assert (o.popsize, o.sigma0, o.tasks.steps, cm.run.iterations) == (64, 0.1, 10000, 200)
-    probe = registry.build_spec(None, "bptt-cpu")  # reference section 8
+    probe = registry.build_spec(None, "bptt-cpu")  # the 2-core CPU probe preset
     assert probe.config.layer_norm and probe.config.backward_pass
     t = probe.options.tasks
     assert (t.project_dim, t.permute_labels, t.datasets, probe.options.lr, probe.options.episodes) == (

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
-from vsml_train.model_file import ModelFile, ModelFileError, load_model, save_model
-from vsml_train.params import check_params, flatten, init_params, n_params, param_shapes, unflatten
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile, ModelFileError, load_model, save_model
+from vsml_train.model.params import check_params, flatten, init_params, n_params, param_shapes, unflatten
 
 
 def test_reference_parameter_count() -> None:
-    assert n_params(VSMLConfig()) == 2384  # reference section 2
+    assert n_params(VSMLConfig()) == 2384  # docs/model.md §2
     assert n_params(VSMLConfig(shared_params=False, hidden=(5,))) == 2 * 2384
 
 

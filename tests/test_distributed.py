@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.cmaes import CmaesOptions, CmaesTrainer
 from vsml_train.methods.distributed import World, gather_fitness, shard
 from vsml_train.methods.es import EsOptions, EsTrainer
-from vsml_train.methods.tasks import LinearTeacherTasks
-from vsml_train.params import flatten
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import flatten
 
 CFG = VSMLConfig(state_size=4, msg_size=4, layer_norm=True)
 ITERATIONS = 2
@@ -47,6 +47,7 @@ _WORKER = """
 import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
+sys.path.insert(0, {root!r})  # tests.tasks
 from vsml_train.methods.distributed import init_from_env, leave
 world = init_from_env("cpu")
 from test_distributed import run_all
@@ -76,7 +77,7 @@ def test_shard_covers_every_member_once() -> None:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_processes_equal_one(tmp_path: Path) -> None:
     out = tmp_path / "rank0.pt"
-    script = _WORKER.format(tests=str(Path(__file__).parent))
+    script = _WORKER.format(tests=str(Path(__file__).parent), root=str(Path(__file__).parents[1]))
     port = _free_port()
     procs = []
     for rank in range(2):

@@ -153,7 +153,7 @@ def test_names_and_validation() -> None:
 
 
 # ---------------------------------------------------------------------------
-# the reference table on the real data (reference section 7)
+# the reference table on the real data (docs/model.md §7)
 
 SEED = 1  # the streams of the default-run checks; seeds 0-4 all pass (0 is borderline on one first-100 figure)
 

@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import shared_dataset_dir
-from vsml_train.config import VSMLConfig
 from vsml_train.data.idx import write_idx
-from vsml_train.episode import run_episode
 from vsml_train.evaluation.baselines import REFERENCE_TABLE, ReferenceFigures, online_sgd
 from vsml_train.evaluation.harness import (
     EvalProtocol,
@@ -26,8 +24,10 @@ from vsml_train.evaluation.harness import (
 )
 from vsml_train.evaluation.learners import OnlineLearner, VSMLLearner
 from vsml_train.evaluation.metrics import summarize
-from vsml_train.model_file import ModelFile, save_model
-from vsml_train.params import init_params
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import run_episode
+from vsml_train.model.model_file import ModelFile, save_model
+from vsml_train.model.params import init_params
 
 
 @dataclass(frozen=True)

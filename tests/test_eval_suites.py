@@ -18,8 +18,8 @@ from vsml_train.evaluation.suites import (
     invariance_tasks,
     suite_verdicts,
     tabular_suite,
-    task_seed,
 )
+from vsml_train.seeds import task_seed
 
 
 class Recorder:

@@ -16,9 +16,9 @@ from vsml_export import exporter as exporter_module
 from vsml_export.cli import main
 from vsml_runtime import format as fmt
 from vsml_train import __version__
-from vsml_train.config import VSMLConfig
-from vsml_train.model_file import ModelFile, load_model, save_model
-from vsml_train.params import init_params
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile, load_model, save_model
+from vsml_train.model.params import init_params
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ From the same state, 20 consecutive steps (each fed the PyTorch state), the
 logits and every state tensor agree within 1e-5, for one and two layers, one
 and several examples per step, every batch-averaging mode, with and without
 the backward pass and LayerNorm. The export impl's visit and averaging
-(``vsml_train.step_export``) are also compared with ``visit_fast`` directly in float64.
+(``vsml_train.model.visit_onnx``) are also compared with ``visit_fast`` directly in float64.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import torch
 
 from vsml_export.exporter import ExportOptions, export_graphs
 from vsml_export.module import StepModule
-from vsml_train.config import VSMLConfig
-from vsml_train.model_file import ModelFile
-from vsml_train.params import init_params
-from vsml_train.state import init_state, state_names
-from vsml_train.step import _extras, average_and_clip, input_message, layer_params, visit_fast
-from vsml_train.step_export import average_and_clip_export, visit_export
+from vsml_train.model.cell import average_and_clip, extra_inputs, input_message, layer_params
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile
+from vsml_train.model.params import init_params
+from vsml_train.model.state import init_state, state_names
+from vsml_train.model.visit_onnx import average_and_clip_onnx, visit_onnx
+from vsml_train.model.visits import visit_fast
 
 TOL = 1e-5
 
@@ -126,7 +127,7 @@ def test_each_opset_exports_and_matches(opset: int) -> None:
     "name", ["default", "none-ln", "deep-half-ln-bp", "extras-sum-noclip", "n32-encoded-gain", "sqrt-bias-encoded"]
 )
 def test_export_impl_equal_visit_fast_in_float64(name: str) -> None:
-    """``visit_export`` and ``average_and_clip_export`` against the step's originals, float64."""
+    """``visit_onnx`` and ``average_and_clip_onnx`` against the step's originals, float64."""
     model = _model(CONFIGS[name])
     config = model.config
     params = {k: v.double() for k, v in model.params.items()}
@@ -144,15 +145,15 @@ def test_export_impl_equal_visit_fast_in_float64(name: str) -> None:
         fwd_in = input_message(torch.randn(p, e, a, generator=gen, dtype=torch.float64), config)
         fwd_in = fwd_in + 0.3 * torch.randn(fwd_in.shape, generator=gen, dtype=torch.float64)
         bwd_in = torch.randn(p, e, b, config.msg_size, generator=gen, dtype=torch.float64)
-        extras = _extras(config, k, a, b, t, fwd_in)
+        extras = extra_inputs(config, k, a, b, t, fwd_in)
         for bwd in (bwd_in, None):
             ref = visit_fast(pk, h, c, fwd_in, bwd, extras, config, True, True)
-            got = visit_export(pk, h, c, fwd_in, bwd, extras, config, True, True)
+            got = visit_onnx(pk, h, c, fwd_in, bwd, extras, config, True, True)
             for r, g in zip(ref, got, strict=True):
                 assert r is not None and g is not None
                 torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
         ref_avg = average_and_clip(h * 3, c * 3, config)
-        for r, g in zip(ref_avg, average_and_clip_export(h * 3, c * 3, config), strict=True):
+        for r, g in zip(ref_avg, average_and_clip_onnx(h * 3, c * 3, config), strict=True):
             torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
 
 

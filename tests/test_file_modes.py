@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vsml_train.files import atomic_write_bytes, new_file_mode
-from vsml_train.model_file import load_model, save_model
+from vsml_train.model.model_file import load_model, save_model
 
 
 @pytest.fixture

@@ -8,17 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from vsml_train.meta_rnn import (
-    MetaRNN,
-    MetaRNNConfig,
-    MetaRNNLearner,
-    MetaRNNOptions,
-    MetaRNNTrainer,
-    load_meta_rnn,
-    save_meta_rnn,
-    train_meta_rnn,
-)
-from vsml_train.methods.tasks import Episodes, LinearTeacherTasks, TaskOptions
+from tests.tasks import LinearTeacherTasks
+from vsml_train.evaluation.learners import MetaRNNLearner
+from vsml_train.methods.meta_rnn import MetaRNNOptions, MetaRNNTrainer, train_meta_rnn
+from vsml_train.methods.tasks import Episodes, TaskOptions
+from vsml_train.model.meta_rnn import MetaRNN, MetaRNNConfig, load_meta_rnn, save_meta_rnn
 
 A, B, H, T, S = 6, 3, 8, 12, 2
 

@@ -1,4 +1,4 @@
-"""Backprop through unrolled episodes (reference section 6.3) on tiny sizes."""
+"""Backprop through unrolled episodes (docs/model.md §6.3) on tiny sizes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.bptt import BpttOptions, BpttTrainer
-from vsml_train.methods.tasks import LinearTeacherTasks
+from vsml_train.model.config import VSMLConfig
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)
 

@@ -8,20 +8,16 @@ import math
 import pytest
 import torch
 
+from vsml_train.clone_check import compare_with_sgd
+from vsml_train.evaluation.imitated_sgd import online_sgd, online_summary
 from vsml_train.methods.base import Trainer
-from vsml_train.methods.clone import (
-    CloneOptions,
-    CloneTrainer,
-    check_clone_config,
-    clone_config,
-    implied_sgd_lr,
-    logit_gain,
-)
-from vsml_train.methods.clone_eval import clone_errors, compare_with_sgd, online_sgd, online_summary
+from vsml_train.methods.clone import CloneTrainer
+from vsml_train.methods.clone_eval import clone_errors
 from vsml_train.methods.clone_objective import clone_rollout, sgd_targets
-from vsml_train.params import init_params
-from vsml_train.state import init_state
-from vsml_train.step import step
+from vsml_train.methods.clone_options import CloneOptions, check_clone_config, clone_config, implied_sgd_lr, logit_gain
+from vsml_train.model.params import init_params
+from vsml_train.model.state import init_state
+from vsml_train.model.step import step
 
 # tiny problems: every test here runs in about a second
 TINY = {

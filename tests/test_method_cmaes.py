@@ -1,4 +1,4 @@
-"""CMA-ES on the flat V_M (reference section 6.4): learning, exact state, own RNG, weights_only checkpoints."""
+"""CMA-ES on the flat V_M (docs/model.md §6.4): learning, exact state, own RNG, weights_only checkpoints."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.checkpoint import bytes_to_tensor, tensor_to_bytes
 from vsml_train.methods.cmaes import CmaesOptions, CmaesTrainer, finite_fitness
 from vsml_train.methods.es import population_loss
-from vsml_train.methods.tasks import LinearTeacherTasks, derive_seed, member_noise
-from vsml_train.params import flatten, init_params
+from vsml_train.methods.tasks import member_noise
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import flatten, init_params
+from vsml_train.seeds import derive_seed
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)
 

@@ -1,4 +1,4 @@
-"""Antithetic ES (reference section 6.2): estimator math, common random numbers, learning on a toy task."""
+"""Antithetic ES (docs/model.md §6.2): estimator math, common random numbers, learning on a toy task."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.es import (
     EsOptions,
     EsTrainer,
@@ -17,8 +17,10 @@ from vsml_train.methods.es import (
     population_loss,
     shaped_fitness,
 )
-from vsml_train.methods.tasks import LinearTeacherTasks, derive_seed, member_noise
-from vsml_train.params import flatten
+from vsml_train.methods.tasks import member_noise
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.params import flatten
+from vsml_train.seeds import derive_seed
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)
 

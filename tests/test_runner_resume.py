@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsml_train.config import VSMLConfig
+from tests.tasks import LinearTeacherTasks
 from vsml_train.methods.bptt import BpttOptions, BpttTrainer
 from vsml_train.methods.checkpoint import CheckpointError, load_checkpoint
 from vsml_train.methods.cmaes import CmaesOptions, CmaesTrainer
 from vsml_train.methods.es import EsOptions, EsTrainer
 from vsml_train.methods.runner import RunOptions, train
-from vsml_train.methods.tasks import LinearTeacherTasks
-from vsml_train.model_file import load_model
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import load_model
 
 CFG = VSMLConfig(state_size=4, msg_size=4, layer_norm=True)
 SPEC = {"test": 1}

@@ -11,9 +11,9 @@ import pytest
 from vsml_export.exporter import ExportOptions, export_model
 from vsml_runtime import Learner, LearnerPool
 from vsml_runtime import format as fmt
-from vsml_train.config import VSMLConfig
-from vsml_train.model_file import ModelFile, save_model
-from vsml_train.params import init_params
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.model_file import ModelFile, save_model
+from vsml_train.model.params import init_params
 
 A, B = 6, 3
 

@@ -1,4 +1,4 @@
-"""A stream of ``Learner.learn`` calls reproduces ``vsml_train.episode.run_episode``.
+"""A stream of ``Learner.learn`` calls reproduces ``vsml_train.model.episode.run_episode``.
 
 Both start from the same initial state (the learner's, drawn by the runtime
 and built by the exported init graph). fp32 rounding differs between
@@ -24,11 +24,11 @@ import torch
 
 from vsml_export.exporter import ExportOptions, export_model
 from vsml_runtime import Learner
-from vsml_train.config import VSMLConfig
-from vsml_train.episode import run_episode
-from vsml_train.model_file import ModelFile, load_model, save_model
-from vsml_train.params import init_params
-from vsml_train.state import VSMLState
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import run_episode
+from vsml_train.model.model_file import ModelFile, load_model, save_model
+from vsml_train.model.params import init_params
+from vsml_train.model.state import VSMLState
 
 from .conftest import shared_dataset_dir
 

@@ -13,7 +13,7 @@ from tests.conftest import shared_dataset_dir
 from vsml_runtime import Learner
 from vsml_runtime.learner import pretrained_path
 from vsml_train.demo import bundled_dataset, default_learner, run_demo
-from vsml_train.model_file import load_model
+from vsml_train.model.model_file import load_model
 
 # recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md)
 SHIPPED_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"

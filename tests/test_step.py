@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.reference_cell import reference_step
-from vsml_train.config import VSMLConfig
-from vsml_train.episode import labels_to_onehot, online_loss, run_episode
-from vsml_train.params import Params, init_params
-from vsml_train.state import VSMLState, init_state
-from vsml_train.step import step
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import labels_to_onehot, online_loss, run_episode
+from vsml_train.model.params import Params, init_params
+from vsml_train.model.state import VSMLState, init_state
+from vsml_train.model.step import step
 
 DT = torch.float64
 
@@ -124,7 +124,7 @@ def test_fast_and_naive_match_per_cell_reference(name: str, pop: int | None) -> 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_export_impl_matches_per_cell_reference(name: str) -> None:
-    """impl "export" (the visit and averaging the exporter traces) for one V_M (it takes no population axis)."""
+    """impl "onnx" (the visit and averaging the exporter traces) for one V_M (it takes no population axis)."""
     config = VSMLConfig(**CONFIGS[name])
     p, e, a, b = 2, 3, 3, 2
     params = random_params(config, 0)
@@ -134,7 +134,7 @@ def test_export_impl_matches_per_cell_reference(name: str) -> None:
     s_ref = s_exp = state
     for t in range(x.shape[0]):
         s_ref, l_ref = reference_step(params, s_ref, x[t], y1h[t], config)
-        s_exp, logits = step(params, s_exp, x[t], y1h[t], config, impl="export")
+        s_exp, logits = step(params, s_exp, x[t], y1h[t], config, impl="onnx")
         torch.testing.assert_close(logits, l_ref, atol=1e-10, rtol=1e-10)
         assert_states_close(s_exp, s_ref, 1e-10)
     assert l_ref.abs().max() > 1e-6, "degenerate test: logits are zero"
@@ -311,7 +311,7 @@ def test_logits_independent_of_batch_companions_without_averaging() -> None:
 
 def test_chunked_path_crosses_chunk_and_learner_boundaries(monkeypatch) -> None:
     """Chunks that split a learner's grid, span several learners, and per-learner V_M."""
-    step_module = importlib.import_module("vsml_train.step")  # the module (the package exports the function)
+    step_module = importlib.import_module("vsml_train.model.visits")  # where the chunked visit reads it
     monkeypatch.setattr(step_module, "CHUNK_CELLS", 5)  # grids of 3 x 2 cells: chunks cut across learners
     for pop in (None, 2):
         config = VSMLConfig(hidden=(3,), coord_inputs=True, time_input=True)

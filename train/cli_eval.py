@@ -1,4 +1,4 @@
-"""`vsml-eval`: meta-test a learner online next to tuned baselines (reference section 7).
+"""`vsml-eval`: meta-test a learner online next to tuned baselines (docs/model.md §7).
 
     vsml-eval MODEL [MODEL ...] --dataset fashion-mnist [--steps 2000 --streams 32 --split test --out DIR]
 
@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +32,12 @@ from .data.augment import ClassSubset, RandomProjection, Resize
 from .data.datasets import DATASETS, load_dataset
 from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams, sample_synthetic_streams
 from .data.synthetic import SYNTHETIC_FAMILIES, make_family
-from .evaluation.baselines import online_adam, online_sgd
+from .evaluation.baselines import reference_baselines
 from .evaluation.external import external_baselines, missing_external
-from .evaluation.harness import EvalResult, evaluate_one, tune_lr
-from .evaluation.learners import VSMLLearner
+from .evaluation.harness import EvalResult, evaluate_one, tune_and_evaluate
+from .evaluation.learners import MetaRNNLearner, VSMLLearner
 from .evaluation.plots import plot_results
-from .meta_rnn import MetaRNNLearner
-
-SGD_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
-ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
+from .seeds import CLI_TUNE_KEY
 
 
 class _Counted:
@@ -57,6 +55,11 @@ class _Counted:
         out = self.learner.run(x, y, n_classes, seed)  # type: ignore[attr-defined]
         self.bar.update(1)  # type: ignore[attr-defined]
         return out
+
+
+def _counting(factory: Callable[[float], object], bar: object) -> Callable[[float], _Counted]:
+    """``factory`` whose learners advance ``bar`` on every run."""
+    return lambda lr: _Counted(factory(lr), bar)
 
 
 class OnnxLearner:
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
                               augment=augment, mean=MNIST_MEAN, std=MNIST_STD, n_classes=data.n_classes)  # fmt: skip
 
     eval_streams = streams(args.split, args.seed)
-    tune_seed = np.random.SeedSequence(args.seed, spawn_key=(7,))  # never the evaluation streams' seed
+    tune_seed = np.random.SeedSequence(args.seed, spawn_key=(CLI_TUNE_KEY,))  # never the evaluation streams' seed
     tune = eval_streams if args.tune_on == "eval" else streams("train", tune_seed)
     setting = json.loads(json.dumps(vars(args), default=str))  # paths (and lists of them) as strings
     models = ", ".join(map(str, args.model))
@@ -251,31 +254,22 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, EvalResult] = {}
     specs: dict = {}
     if not args.no_baselines:
-        specs = {
-            "sgd-linear": (lambda lr: online_sgd(lr, init="zero"), SGD_GRID),
-            "sgd-tanh160": (lambda lr: online_sgd(lr, hidden=(160,)), SGD_GRID),
-            "adam-linear": (lambda lr: online_adam(lr, init="zero"), ADAM_GRID),
-            "adam-tanh160": (lambda lr: online_adam(lr, hidden=(160,)), ADAM_GRID),
-        }
+        specs = dict(reference_baselines())  # the reference table's four, on its grids
         if not args.no_external:
             specs.update(external_baselines())
             for name in missing_external():
                 print(f"  {name}: not installed, skipped (pip install {name})")
     from tqdm import tqdm
 
-    total = len(learners) + sum(len(grid) + 1 for _, grid in specs.values())
+    reruns = 0 if tune is eval_streams else 1  # the chosen rate is run again on the evaluation streams
+    total = len(learners) + sum(len(grid) + reruns for _, grid in specs.values())
     bar = tqdm(total=total, desc="vsml-eval runs", dynamic_ncols=True, leave=False)
     for learner in learners:
         r = evaluate_one(_Counted(learner, bar), eval_streams, seed=args.seed)
         results[r.name] = r
         bar.write(f"  {r.name:28s} {r.summary.brief()}")
-    for name, (factory, grid) in specs.items():
-
-        def counted(lr: float, factory=factory) -> _Counted:
-            return _Counted(factory(lr), bar)
-
-        search = tune_lr(counted, grid, tune, seed=args.seed)
-        best = evaluate_one(counted(search.best_lr), eval_streams, seed=args.seed)
+    counted = {name: (_counting(factory, bar), grid) for name, (factory, grid) in specs.items()}
+    for name, search, best in tune_and_evaluate(counted, eval_streams, tune, seed=args.seed):
         label = f"{name}(lr={search.best_lr:g})"
         results[label] = best
         bar.write(f"  {label:28s} {best.summary.brief()}")

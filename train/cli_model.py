@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import VSMLConfig
-from .model_file import ModelFile, ModelFileError, load_model, save_model
+from .model.config import VSMLConfig
+from .model.model_file import ModelFile, ModelFileError, load_model, save_model
 
 # fields whose change leaves V_M's shapes and meaning intact (the others would need retraining)
 SETTABLE = (

@@ -1,4 +1,4 @@
-"""`vsml-train`: meta-learn V_M and write ``model.pt`` (reference section 6).
+"""`vsml-train`: meta-learn V_M and write ``model.pt`` (docs/model.md §6).
 
     vsml-train --method {clone,es,bptt,cmaes} --preset NAME [--KEY VALUE ...] --out DIR
     vsml-train --resume --out DIR [--iterations N]        # continue a run
@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
+from .evaluation.meta_test import meta_test_evaluator
 from .methods import registry
 from .methods.checkpoint import CheckpointError, load_checkpoint
-from .methods.runner import CHECKPOINT, RunOptions, limit_numpy_threads, meta_test_evaluator, train
+from .methods.runner import CHECKPOINT, RunOptions, limit_numpy_threads, train
 
 EPILOG = """\b
 Options of the model, the method and the run go as --KEY VALUE, e.g.
@@ -64,7 +65,7 @@ def _spec_from_checkpoint(out: Path, overrides: dict[str, str]) -> registry.RunS
             raise click.UsageError(f"--{key}: only run options may change when resuming (this is {path})")
         run_tables[path[4:]] = registry.parse_value(value, paths[path])
     m = registry.get_method(method)
-    from .config import VSMLConfig
+    from .model.config import VSMLConfig
 
     return registry.RunSpec(
         method=method,
@@ -120,7 +121,7 @@ def cli(
         else:
             base = None
             if init_path is not None:
-                from .model_file import load_model
+                from .model.model_file import load_model
 
                 init = load_model(init_path)
                 base = init.config
@@ -155,7 +156,7 @@ def run_spec(
     """Train ``spec`` into ``out``; returns the exit status (0 done, 130 interrupted)."""
     from .methods.distributed import init_from_env, leave
 
-    device = getattr(spec.options, "device", "cpu")
+    device = spec.run.device
     world = init_from_env(device)
     if world.size > 1 and not registry.get_method(spec.method).distributed:
         raise click.UsageError(f"method {spec.method!r} runs in one process; only es and cmaes spread over processes")

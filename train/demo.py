@@ -3,7 +3,7 @@
 Offline and under a minute on 2 cores: the bundled slice of Fashion-MNIST's
 test split (2,000 images, ``vsml_runtime/assets``), 4 streams of 1,000 online
 steps (each stream a different draw from the same images), inputs standardised
-with the MNIST scalar statistics (reference section 7). The VSML learner is
+with the MNIST scalar statistics (docs/model.md §7). The VSML learner is
 the pretrained V_M shipped in the package (meta-trained without ever seeing
 Fashion-MNIST) or, before one is shipped, a randomly initialised V_M, and the
 output says which. Baselines run on the very same streams with the learning
@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import VSMLConfig
 from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams
 from .evaluation.baselines import online_adam, online_sgd
 from .evaluation.harness import EvalResult, evaluate_one
 from .evaluation.learners import VSMLLearner
 from .evaluation.plots import plot_results
-from .model_file import load_model
-from .params import init_params
+from .model.config import VSMLConfig
+from .model.model_file import load_model
+from .model.params import init_params
 
 BUNDLED = ("mnist", "fashion-mnist")
 PRETRAINED = "pretrained.pt"
@@ -69,7 +69,7 @@ def run_demo(
     vsml, what = default_learner()
     print(f"vsml-demo: {dataset} (bundled test slice, {len(labels)} images), {streams} streams x {steps} online steps")
     print(f"learner: {what}")
-    # the reference table's best rates on Fashion-MNIST (section 7)
+    # the reference table's best rates on Fashion-MNIST (REFERENCE_TABLE)
     # (zero init for the linear models, as the reference figures imply)
     learners = [
         vsml,

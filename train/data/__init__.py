@@ -1,7 +1,7 @@
 """vsml_train.data: datasets, synthetic tasks, augmentations and episode streams (numpy only).
 
-Reference sections 6 (meta-training data, augmentations) and 7 (evaluation
-streams). Dimension letters: T steps, S streams, N examples, A features,
+docs/model.md §6.5 (meta-training data, augmentations) and §7 (evaluation
+streams). Dimension letters: T steps, S streams, I examples (instances) of a dataset, A features,
 B classes.
 
 Typical use::

@@ -1,4 +1,4 @@
-"""Task augmentations applied per episode (reference section 6).
+"""Task augmentations applied per episode (docs/model.md §6.5).
 
 Meta-training on many variants of one dataset makes the learned algorithm
 general: the public code trains half its workers on MNIST under a random
@@ -11,7 +11,7 @@ and composed by ``draw_episode``. All randomness comes from the ``rng`` the
 caller passes, so the same seed gives the same episode.
 
 Specs:
-- ``RandomProjection(n_out, pool_size=None)``: x -> x P with P [A, D] ~ N(0, 1/A),
+- ``RandomProjection(n_out, pool_size=None)``: x -> x Proj with Proj [A, A'] ~ N(0, 1/A),
   a fresh P per episode or one of a fixed pool of K matrices.
 - ``Resize(size)``: 28x28 images -> size x size by area averaging.
 - ``PixelPermutation()``: a random permutation of the A features.
@@ -19,7 +19,7 @@ Specs:
   order of the original label; examples of other classes are dropped.
 - ``LabelPermutation()``: a random permutation of the B labels.
 
-Dimension letters: E examples, A features in, D features out, B classes.
+Dimension letters (docs/model.md §8): E examples, A features in, A' features out, B classes.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class Augmentation(Protocol):
 
 
 def _matmul(x: np.ndarray, *, matrix: np.ndarray) -> np.ndarray:
-    return x @ matrix  # [E, A] @ [A, D] -> [E, D]
+    return x @ matrix  # [E, A] @ [A, A'] -> [E, A']
 
 
 def _gather(x: np.ndarray, *, index: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ def _area_resize(x: np.ndarray, *, weights: np.ndarray, in_size: int) -> np.ndar
 
 @functools.lru_cache(maxsize=64)
 def _pool_matrix(n_in: int, n_out: int, pool_seed: int, index: int) -> np.ndarray:
-    """Matrix ``index`` of a fixed pool: float32 [A, D] ~ N(0, 1/A), read-only."""
+    """Matrix ``index`` of a fixed pool: float32 [A, A'] ~ N(0, 1/A), read-only."""
     rng = np.random.default_rng([pool_seed, n_in, n_out, index])
     matrix = rng.standard_normal((n_in, n_out), dtype=np.float32) / np.float32(np.sqrt(n_in))
     matrix.setflags(write=False)
@@ -127,16 +127,16 @@ def _pool_matrix(n_in: int, n_out: int, pool_seed: int, index: int) -> np.ndarra
 
 @dataclass(frozen=True)
 class RandomProjection:
-    """x -> x P with P float32 [A, D], entries N(0, 1/A).
+    """x -> x Proj with Proj float32 [A, A'], entries N(0, 1/A).
 
     With that scale E[(x P)_d^2] = |x|^2 / A: standardised inputs give
-    projected features of about unit variance, whatever A and D.
+    projected features of about unit variance, whatever A and A'.
 
     Attributes:
-        n_out: D.
+        n_out: A'.
         pool_size: None = a fresh P per episode; K = P is one of K fixed
             matrices (chosen per episode), K = 1 is the reference's fixed projection.
-        pool_seed: seeds the pool (matrix k depends only on pool_seed, A, D and k).
+        pool_seed: seeds the pool (matrix k depends only on pool_seed, A, A' and k).
     """
 
     n_out: int

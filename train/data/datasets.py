@@ -1,6 +1,6 @@
 """Named image datasets: where they are found, how they are fetched, how they load.
 
-Evaluation (reference section 7) and meta-training (section 6) read MNIST and
+Evaluation (docs/model.md §7) and meta-training (§6.5) read MNIST and
 Fashion-MNIST in the IDX layout ``NAME/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``
 (uncompressed files without ``.gz`` are accepted too).
 
@@ -19,7 +19,8 @@ A dataset is searched, in order, in:
 Only ``download=True`` goes to the network: it fetches the split's two files
 from the canonical mirror into the user cache and verifies their checksums.
 
-Dimension letters: N examples, H x W pixels, A = H * W features.
+Dimension letters (docs/model.md §8): I examples (instances) of a dataset, A = rows * cols
+features of an image of rows x cols pixels.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class Dataset:
     Attributes:
         name: registry name (``"mnist"``, ``"fashion-mnist"``).
         split: ``"train"`` or ``"test"`` (the ``t10k`` files).
-        images: uint8 [N, H, W], read-only (shared with the load cache).
+        images: uint8 [I, rows, cols], read-only (shared with the load cache).
         labels: int64 [N] in [0, n_classes), read-only.
         n_classes: B.
         source: the directory the files were read from.

@@ -14,7 +14,8 @@ truncation, trailing bytes, label out of range, broken gzip stream) raises
 ``IDXFormatError``, a ``ValueError`` whose message names the file and the
 problem. A missing file raises the usual ``FileNotFoundError``.
 
-Dimension letters: N examples, H x W pixels.
+Dimension letters (docs/model.md §8): I examples (instances) of a dataset; images
+have rows x cols pixels.
 """
 
 from __future__ import annotations
@@ -112,13 +113,15 @@ def read_images(path: str | os.PathLike[str], *, shape: tuple[int, int] | None =
         shape: the expected (H, W), or None to accept any.
 
     Returns:
-        uint8 [N, H, W], read-only.
+        uint8 [I, rows, cols], read-only.
     """
     images = read_idx(path)
     if images.dtype != np.uint8:
         raise IDXFormatError(path, f"images must be uint8 (type 0x08), found {images.dtype}")
     if images.ndim != 3:
-        raise IDXFormatError(path, f"images must have 3 dimensions [N, H, W], found {images.ndim}: {images.shape}")
+        raise IDXFormatError(
+            path, f"images must have 3 dimensions [I, rows, cols], found {images.ndim}: {images.shape}"
+        )
     if shape is not None and images.shape[1:] != tuple(shape):
         raise IDXFormatError(path, f"images must be {shape[0]}x{shape[1]}, found {images.shape[1]}x{images.shape[2]}")
     return images
@@ -160,7 +163,7 @@ def read_image_label_pair(
     """Read matching image and label files and check they hold the same N.
 
     Returns:
-        images uint8 [N, H, W] and labels int64 [N], both read-only.
+        images uint8 [I, rows, cols] and labels int64 [N], both read-only.
     """
     images = read_images(images_path, shape=shape)
     labels = read_labels(labels_path, n_classes=n_classes)

@@ -1,4 +1,4 @@
-"""Reproducible streams of examples for meta-training and meta-test (reference sections 6 and 7).
+"""Reproducible streams of examples for meta-training and meta-test (docs/model.md §6 and §7).
 
 A *stream* is one task's sequence of T examples, seen once, in order, by a
 fresh learner. ``sample_streams`` draws S streams from a labelled set;
@@ -22,7 +22,7 @@ Per stream, from a labelled set:
    (the reference uses the MNIST values for every dataset), then apply the
    augmentation's feature maps (so a projection sees centred inputs).
 
-Dimension letters: T steps, S streams, N examples, A features, B classes.
+Dimension letters: T steps, S streams, I examples (instances) of a dataset, A features, B classes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..seeds import EPISODE_KEY
 from .augment import Augmentation, EpisodeTransform, draw_episode
 from .datasets import Dataset
 from .synthetic import TaskFamily
@@ -44,9 +45,6 @@ PIXEL_STATS: dict[str, tuple[float, float]] = {
     "mnist": (MNIST_MEAN, MNIST_STD),
     "fashion-mnist": (0.2860, 0.3530),
 }
-# spawn_key prefix of EpisodeSampler seeds, so they never coincide with the
-# per-stream children of ``sample_streams(seed=...)``.
-_EPISODE_KEY = 0x45504953
 
 Seed = int | np.random.SeedSequence
 
@@ -153,10 +151,10 @@ def sample_streams(
     """Draw S reproducible streams of T examples from a labelled set.
 
     Args:
-        features: [N, A] float in [0, 1] (``Dataset.features``), or uint8
-            images [N, H, W] / [N, A] (``Dataset.images``), scaled to [0, 1]
+        features: [I, A] float in [0, 1] (``Dataset.features``), or uint8
+            images [I, rows, cols] / [I, A] (``Dataset.images``), scaled to [0, 1]
             here, only for the drawn rows.
-        labels: int [N] in [0, n_classes).
+        labels: int [I] in [0, n_classes).
         n_streams: S.
         n_steps: T.
         seed: master seed (int or SeedSequence).
@@ -173,7 +171,7 @@ def sample_streams(
     features = np.asarray(features)
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(features) or len(labels) == 0:
-        raise ValueError(f"need labels [N] matching features [N, ...], got {labels.shape} and {features.shape}")
+        raise ValueError(f"need labels [I] matching features [I, ...], got {labels.shape} and {features.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     flat = features.reshape(len(features), -1)  # [N, A] (a view)
@@ -284,7 +282,7 @@ class EpisodeSampler:
         """The seed of iteration ``iteration`` (a child of the master seed)."""
         if iteration < 0:
             raise ValueError(f"iteration must be >= 0, got {iteration}")
-        return np.random.SeedSequence(self.seed, spawn_key=(_EPISODE_KEY, iteration))
+        return np.random.SeedSequence(self.seed, spawn_key=(EPISODE_KEY, iteration))
 
     def episodes(self, iteration: int) -> Streams:
         """The batch of iteration ``iteration``: x float32 [T, S, A], y int64 [T, S]."""

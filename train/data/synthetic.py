@@ -1,4 +1,4 @@
-"""Synthetic task families for meta-training at any size (reference section 6).
+"""Synthetic task families for meta-training at any size (docs/model.md §6.5).
 
 Because V_M does not depend on A or B, meta-training may use tasks of any
 input size and class count. A *family* is a frozen spec (sizes and
@@ -13,7 +13,7 @@ Families:
   ``gain``, W2 [H, B].
 - ``SumSignTask``: the reference's binary task, y = [sum(x) > 0].
 
-Dimension letters: N examples, A features, H hidden units, B classes.
+Dimension letters (docs/model.md §8): I examples, A features, H hidden units of a teacher, B classes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ LabelFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True, eq=False)
 class Teacher:
-    """One drawn task: inputs x ~ N(0, x_std^2) [N, A] labelled by ``label_fn`` into [0, B)."""
+    """One drawn task: inputs x ~ N(0, x_std^2) [I, A] labelled by ``label_fn`` into [0, B)."""
 
     n_features: int
     n_classes: int
@@ -38,7 +38,7 @@ class Teacher:
     label_fn: LabelFn = field(repr=False)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` examples: features float32 [N, A], labels int64 [N]."""
+        """``n`` examples: features float32 [I, A], labels int64 [I]."""
         x = rng.standard_normal((n, self.n_features), dtype=np.float32)
         if self.x_std != 1.0:
             x *= np.float32(self.x_std)
@@ -60,15 +60,15 @@ class TaskFamily(Protocol):
 
 
 def _argmax_linear(x: np.ndarray, *, w: np.ndarray) -> np.ndarray:
-    return np.argmax(x @ w, axis=1)  # [N, A] @ [A, B] -> [N]
+    return np.argmax(x @ w, axis=1)  # [I, A] @ [A, B] -> [I]
 
 
 def _argmax_tanh_net(x: np.ndarray, *, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
-    return np.argmax(np.tanh(x @ w1) @ w2, axis=1)  # [N, A] -> [N, H] -> [N, B] -> [N]
+    return np.argmax(np.tanh(x @ w1) @ w2, axis=1)  # [I, A] -> [I, H] -> [I, B] -> [I]
 
 
 def _sum_sign(x: np.ndarray) -> np.ndarray:
-    return (x.sum(axis=1) > 0).astype(np.int64)  # [N, A] -> [N]
+    return (x.sum(axis=1) > 0).astype(np.int64)  # [I, A] -> [I]
 
 
 class _Family:
@@ -90,7 +90,7 @@ class _Family:
         raise NotImplementedError
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A fresh task and ``n`` of its examples: features float32 [N, A], labels int64 [N]."""
+        """A fresh task and ``n`` of its examples: features float32 [I, A], labels int64 [I]."""
         return self.draw(rng).sample(n, rng)
 
 

@@ -1,4 +1,4 @@
-"""vsml_train.evaluation: online (prequential) evaluation and baselines (reference section 7).
+"""vsml_train.evaluation: online (prequential) evaluation and baselines (docs/model.md §7).
 
 Typical use::
 
@@ -7,10 +7,13 @@ Typical use::
     result = run_protocol(EvalProtocol("fashion-mnist"), learners=[VSMLLearner(params, config)])
     print(result.table())
 
-Modules: ``metrics`` (scores of logits [T, S, B]), ``learners`` (the
-``OnlineLearner`` protocol and ``VSMLLearner``), ``baselines`` (online SGD
-and Adam), ``harness`` (same streams for every learner, learning-rate tuning,
-the reference figures).
+Modules: ``metrics`` (scores of logits [T, S, B], the one interval formula),
+``learners`` (the ``OnlineLearner`` protocol, ``VSMLLearner``,
+``MetaRNNLearner``), ``baselines`` (online SGD and Adam), ``external``
+(River, Vowpal Wabbit), ``imitated_sgd`` (the SGD a clone imitates),
+``harness`` (same streams for every learner, the one tune-and-evaluate path,
+the reference figures), ``meta_test`` (the periodic meta-test of a training
+run), ``plots``. Builds on ``vsml_train.model`` and ``vsml_train.data`` only.
 """
 
 from .baselines import (
@@ -33,6 +36,7 @@ from .harness import (
     evaluate_one,
     protocol_streams,
     run_protocol,
+    tune_and_evaluate,
     tune_lr,
     tuning_streams,
 )
@@ -78,6 +82,7 @@ __all__ = [
     "run_protocol",
     "shots_seen",
     "summarize",
+    "tune_and_evaluate",
     "tune_lr",
     "tuning_streams",
 ]

@@ -1,4 +1,4 @@
-"""Gradient-based online baselines: online SGD and online Adam (reference section 7).
+"""Gradient-based online baselines: online SGD and online Adam (docs/model.md §7).
 
 One example per update, cross-entropy on the logits, test then train: at step
 t the model predicts x_t with its current weights, and only then takes one
@@ -48,7 +48,7 @@ from .learners import check_streams
 Optimizer = Literal["sgd", "adam"]
 Init = Literal["torch", "zero"]
 
-# The learning-rate grids of the reference table (section 7).
+# The learning-rate grids of the reference table (``REFERENCE_TABLE``; docs/model.md §7).
 REFERENCE_GRIDS: dict[str, tuple[float, ...]] = {
     "sgd": (0.001, 0.003, 0.01, 0.03, 0.1),
     "adam": (1e-4, 3e-4, 1e-3, 3e-3),
@@ -141,7 +141,7 @@ def online_adam(lr: float, hidden: tuple[int, ...] = (), init: Init = "torch") -
 
 @dataclass(frozen=True)
 class ReferenceFigures:
-    """One cell pair of the reference baseline table (section 7): one learner on one dataset.
+    """One cell pair of the reference baseline table (docs/model.md §7): one learner on one dataset.
 
     Measured with 2,000 online steps, batch 1, 8 streams drawn from the
     training split, inputs standardised with the MNIST scalar statistics;

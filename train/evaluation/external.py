@@ -1,4 +1,4 @@
-"""The online learners people deploy today, as ``OnlineLearner`` baselines (reference section 7).
+"""The online learners people deploy today, as ``OnlineLearner`` baselines (docs/model.md §7).
 
 - ``RiverLogistic``: River's ``OneVsRestClassifier(LogisticRegression(SGD(lr)))``.
 - ``VowpalWabbitOAA``: Vowpal Wabbit ``--oaa B --loss_function logistic -l lr``.

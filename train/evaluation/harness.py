@@ -1,11 +1,15 @@
-"""Evaluate online learners on the same streams; tune baseline learning rates (reference section 7).
+"""Evaluate online learners on the same streams; tune baseline learning rates (docs/model.md §7).
 
-Three layers, each usable alone:
+Layers, each usable alone:
 
 * ``evaluate(learners, streams)`` runs every learner on the SAME streams
   (same seed) and returns summaries and curves per learner.
 * ``tune_lr(factory, grid, streams)`` runs one learner per learning rate and
   picks the best by mean online accuracy.
+* ``tune_and_evaluate(baselines, eval_streams, tune_streams)``: the one
+  tune-then-evaluate path (``run_protocol`` and ``vsml-eval`` both use it):
+  each baseline's rate is chosen on the tuning streams, then run once on the
+  evaluation streams.
 * ``run_protocol(EvalProtocol(...))`` draws the streams of a dataset, tunes
   the reference baselines and evaluates them with any other learner (VSML).
 
@@ -30,7 +34,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -38,6 +42,7 @@ import numpy as np
 
 from ..data.datasets import Split, load_dataset
 from ..data.sampler import MNIST_MEAN, MNIST_STD, Streams, sample_streams
+from ..seeds import PROTOCOL_TUNE_KEY
 from .baselines import ReferenceFigures, reference_baselines
 from .learners import OnlineLearner
 from .metrics import (
@@ -54,9 +59,6 @@ from .metrics import (
 TuneOn = Literal["separate", "eval"]
 LearnerFactory = Callable[[float], OnlineLearner]
 PathLike = str | os.PathLike[str] | None
-# spawn_key of the tuning streams' seed, so they never coincide with the
-# evaluation streams (``sample_streams(seed=...)`` spawns children (0,), (1,), ...).
-_TUNE_KEY = 0x54554E45
 
 
 class StreamsLike(Protocol):
@@ -203,6 +205,28 @@ def tune_lr(factory: LearnerFactory, grid: Sequence[float], streams: StreamsLike
     return LRSearch(grid=grid, best_lr=best, results=results)
 
 
+def tune_and_evaluate(
+    baselines: Mapping[str, tuple[LearnerFactory, Sequence[float]]],
+    eval_streams: StreamsLike,
+    tune_streams: StreamsLike,
+    *,
+    seed: int = 0,
+) -> Iterator[tuple[str, LRSearch, EvalResult]]:
+    """For each baseline, in order: tune its rate on ``tune_streams``, then score it on ``eval_streams``.
+
+    Yields (name, search, result at the chosen rate on the evaluation
+    streams) as each baseline finishes. When ``tune_streams`` is
+    ``eval_streams`` the search's best result is that result (no second run).
+    """
+    for name, (factory, grid) in baselines.items():
+        search = tune_lr(factory, grid, tune_streams, seed=seed)
+        if tune_streams is eval_streams:
+            best = search.best
+        else:
+            best = evaluate_one(factory(search.best_lr), eval_streams, seed=seed)
+        yield name, search, best
+
+
 # ---------------------------------------------------------------------------
 # the protocol on a named dataset
 
@@ -275,7 +299,7 @@ def tuning_streams(protocol: EvalProtocol, *, data_dir: PathLike = None) -> Stre
     """
     if protocol.tune_on == "eval":
         return protocol_streams(protocol, data_dir=data_dir)
-    return _draw(protocol, "train", np.random.SeedSequence(protocol.seed, spawn_key=(_TUNE_KEY,)), data_dir)
+    return _draw(protocol, "train", np.random.SeedSequence(protocol.seed, spawn_key=(PROTOCOL_TUNE_KEY,)), data_dir)
 
 
 @dataclass(frozen=True, eq=False)
@@ -332,13 +356,8 @@ def run_protocol(
     tune = eval_streams if protocol.tune_on == "eval" else tuning_streams(protocol, data_dir=data_dir)
     results: dict[str, EvalResult] = {}
     searches: dict[str, LRSearch] = {}
-    for name, (factory, grid) in specs.items():
-        search = tune_lr(factory, grid, tune, seed=protocol.seed)
+    for name, search, best in tune_and_evaluate(specs, eval_streams, tune, seed=protocol.seed):
         searches[name] = search
-        if tune is eval_streams:
-            best = search.best
-        else:
-            best = evaluate_one(factory(search.best_lr), eval_streams, seed=protocol.seed)
         results[name] = dataclasses.replace(best, name=name)
     for name, result in evaluate(learners, eval_streams, seed=protocol.seed).items():
         if name in results:

@@ -1,4 +1,4 @@
-"""The online-learner interface of the evaluation, and VSML behind it (reference section 7).
+"""The online-learner interface of the evaluation, and VSML behind it (docs/model.md §7).
 
 An online learner takes S independent streams at once and returns, for every
 step, the logits it predicted for x_t BEFORE it was shown y_t (test, then
@@ -19,11 +19,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn, run_episode
-from ..model_file import load_model
-from ..params import Params, check_params
-from ..step import Impl
+from ..model.config import VSMLConfig
+from ..model.episode import make_step_fn, run_episode
+from ..model.meta_rnn import MetaRNN, load_meta_rnn
+from ..model.model_file import load_model
+from ..model.params import Params, check_params
+from ..model.step import Impl
 
 
 @runtime_checkable
@@ -74,7 +75,7 @@ class VSMLLearner:
     With ``examples_per_step`` E > 1, each stream's consecutive examples are
     grouped E at a time: step t' processes examples t'E .. t'E + E - 1 of the
     stream in parallel (one VSML learner with E examples, batch-averaged as the
-    config says, reference section 4). The logits of all E examples of a group
+    config says, docs/model.md §4). The logits of all E examples of a group
     are made before any of their labels is used, so a group is a mini-batch;
     T must be a multiple of E.
 
@@ -112,7 +113,7 @@ class VSMLLearner:
     def from_file(
         cls, path: str | os.PathLike[str], examples_per_step: int = 1, *, name: str | None = None
     ) -> VSMLLearner:
-        """From a ``model.pt`` file (``vsml_train.model_file``); named after the file by default."""
+        """From a ``model.pt`` file (``vsml_train.model.model_file``); named after the file by default."""
         model = load_model(path)
         return cls(model.params, model.config, examples_per_step, name=name or Path(path).stem)
 
@@ -142,3 +143,31 @@ class VSMLLearner:
 
     def __repr__(self) -> str:
         return f"VSMLLearner(name={self._name!r}, examples_per_step={self.examples_per_step}, impl={self.impl!r})"
+
+
+class MetaRNNLearner:
+    """A meta-trained Meta RNN as an ``OnlineLearner`` (fixed weights, S streams at once)."""
+
+    def __init__(self, model: MetaRNN, name: str = "meta-rnn") -> None:
+        self.model = model.eval()
+        self._name = name
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str = "meta-rnn") -> MetaRNNLearner:
+        return cls(load_meta_rnn(path)[0], name)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        """x [T, S, A], y [T, S] -> logits float32 [T, S, B]; deterministic (``seed`` unused)."""
+        x, y = check_streams(x, y, n_classes)
+        cfg = self.model.config
+        if x.shape[2] != cfg.n_features or n_classes != cfg.n_classes:
+            raise ValueError(
+                f"this Meta RNN only runs {cfg.n_features}-input, {cfg.n_classes}-class tasks "
+                f"(its weights are tied to them), got {x.shape[2]} inputs and {n_classes} classes"
+            )
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x), torch.from_numpy(y)).numpy()

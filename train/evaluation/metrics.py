@@ -1,4 +1,4 @@
-"""Prequential (online) metrics of any online learner (reference section 7).
+"""Prequential (online) metrics of any online learner (docs/model.md §7).
 
 The learner's prediction for x_t is made before y_t is revealed, so the
 logits of a whole stream score it on examples it has not learned from yet:
@@ -10,7 +10,7 @@ Every summary is computed per stream first and then averaged over the S
 independent streams, with a 95% confidence interval from Student's t
 distribution with S - 1 degrees of freedom (undefined, nan, for S = 1).
 
-Dimension letters: T steps, S streams, B classes, K shots (examples of the
+Dimension letters: T steps, S streams, B classes, F shots (examples of the
 same class seen before).
 """
 
@@ -333,9 +333,9 @@ class ShotsCurve:
     """Accuracy as a function of k, the examples of the true class seen before.
 
     Attributes:
-        accuracy: float64 [K], accuracy over every (t, s) whose class had been
+        accuracy: float64 [F], accuracy over every (t, s) whose class had been
             seen exactly k times before (pooled over streams and classes).
-        count: int64 [K], how many predictions each point averages (large k
+        count: int64 [F], how many predictions each point averages (large k
             come from few, frequent classes: read the tail with care).
     """
 
@@ -344,7 +344,7 @@ class ShotsCurve:
 
     @property
     def shots(self) -> np.ndarray:
-        """k = 0, 1, ..., K - 1."""
+        """k = 0, 1, ..., F - 1."""
         return np.arange(len(self.accuracy))
 
     def to_dict(self) -> dict[str, list[Any]]:
@@ -353,9 +353,9 @@ class ShotsCurve:
 
 
 def accuracy_by_shots(logits: np.ndarray, labels: np.ndarray, *, max_shots: int | None = None) -> ShotsCurve:
-    """Accuracy against shots seen: [T, S, B], [T, S] -> ``ShotsCurve`` of K points.
+    """Accuracy against shots seen: [T, S, B], [T, S] -> ``ShotsCurve`` of F points.
 
-    K = (largest k that occurs) + 1, or ``max_shots + 1`` when given
+    F = (largest k that occurs) + 1, or ``max_shots + 1`` when given
     (predictions with more shots are left out). Every k below the largest
     occurs, so no point is empty unless ``max_shots`` exceeds it (then its
     accuracy is nan and its count 0).

@@ -23,7 +23,6 @@ Dimension letters: T steps, S streams, A features, B classes.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from ..data.augment import Augmentation, ClassSubset, RandomProjection, Resize
 from ..data.datasets import load_dataset
 from ..data.sampler import MNIST_MEAN, MNIST_STD, Streams, sample_streams
 from ..data.tabular import SUITE, Table, TableSpec, load_table
+from ..seeds import SUITE_TUNE_TASK, task_seed
 from .baselines import online_adam, online_sgd
 from .external import RiverLogistic, VowpalWabbitOAA, missing_external
 from .harness import EvalResult, StreamsLike, evaluate_one, tune_lr
@@ -44,11 +44,6 @@ TABULAR_SGD_GRID = (0.01, 0.03, 0.1, 0.3)
 TABULAR_ADAM_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 INVARIANCE_SGD_GRID = (0.001, 0.003, 0.01, 0.03)
 Progress = Callable[[str], None]
-
-
-def task_seed(seed: int, task: str) -> np.random.SeedSequence:
-    """The streams' seed of one task: the suite seed and a stable hash (crc32) of the task's name."""
-    return np.random.SeedSequence(seed, spawn_key=(zlib.crc32(task.encode()),))
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,7 +228,7 @@ def invariance_suite(
     """Run ``learners`` and linear SGD at one fixed rate (module docstring) on every task (test splits)."""
     tasks = invariance_tasks() if tasks is None else list(tasks)
     tune = _image_streams(
-        ImageTask("mnist", "mnist", ()), "train", n_steps, n_streams, task_seed(seed, "tune"), data_dir
+        ImageTask("mnist", "mnist", ()), "train", n_steps, n_streams, task_seed(seed, SUITE_TUNE_TASK), data_dir
     )
     search = tune_lr(lambda lr: online_sgd(lr, init="zero"), INVARIANCE_SGD_GRID, tune, seed=seed)
     sgd = online_sgd(search.best_lr, init="zero")

@@ -1,4 +1,4 @@
-"""The contract every meta-training method implements (reference section 6).
+"""The contract every meta-training method implements (docs/model.md §6).
 
 A method is a small class with explicit state, so one run loop (progress,
 logging, periodic evaluation, checkpoints, resume, Ctrl-C) drives them all:
@@ -21,8 +21,12 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ..config import VSMLConfig
-from ..params import Params, check_params, init_params
+import torch
+
+from ..model.config import VSMLConfig
+from ..model.episode import make_step_fn
+from ..model.params import Params, check_params, init_params
+from ..model.step import Impl
 
 
 class Trainer(Protocol):
@@ -63,3 +67,41 @@ def default_tasks(tasks: Any, task_options: Any, seed: int) -> Any:
     from .tasks import TaskMix  # the data layer is only needed for real tasks
 
     return TaskMix(task_options, seed)
+
+
+class RolloutTrainer:
+    """The set-up every trainer of VSML rollouts shares (ES, CMA-ES, BPTT); subclasses add ``setup``.
+
+    Args:
+        config: the model.
+        options: the method's options (with the task mix as ``options.tasks``).
+        seed: the run's seed; every random number of iteration i derives from (seed, i).
+        init: a starting V_M (base shapes); default ``init_params(config, seed)``.
+        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+        device, impl, compile: where and how the step runs (``RunOptions`` of
+            the run: ``methods.registry.make_trainer`` passes them).
+    """
+
+    name: str
+
+    def __init__(
+        self,
+        config: VSMLConfig,
+        options: Any,
+        seed: int,
+        init: Params | None = None,
+        tasks: Any = None,
+        *,
+        device: str = "cpu",
+        impl: Impl = "fast",
+        compile: bool = False,
+    ) -> None:
+        self.config, self.options, self.seed = config, options, seed
+        self.device = torch.device(device)
+        self.tasks = default_tasks(tasks, options.tasks, seed)
+        self.step_fn = make_step_fn(config, impl, compile)
+        self.setup(starting_params(config, seed, init))
+
+    def setup(self, start: Params) -> None:
+        """Build the method's own state (parameters, optimiser) from the starting V_M."""
+        raise NotImplementedError

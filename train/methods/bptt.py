@@ -1,4 +1,4 @@
-"""Meta-learning V_M by backpropagation through unrolled episodes (reference section 6.3).
+"""Meta-learning V_M by backpropagation through unrolled episodes (docs/model.md §6.3).
 
 One update: S episodes (streams of the task mix) run as S learners that share
 one V_M (base-shaped parameters broadcast over the learner axis) in one
@@ -21,16 +21,13 @@ from typing import Any
 
 import torch
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn, online_loss, run_episode
-from ..params import Params, check_params
-from ..state import state_from_noise
-from ..step import Impl
-from .base import default_tasks, starting_params
+from ..model.episode import online_loss, run_episode
+from ..model.params import Params, check_params
+from ..model.state import state_from_noise
+from ..seeds import STATE, derive_seed
+from .base import RolloutTrainer
 from .es import cell_steps
-from .tasks import TaskOptions, TaskSource, derive_seed, member_noise
-
-_STATE = 2  # seed-derivation tag of the initial states
+from .tasks import TaskOptions, member_noise
 
 
 @dataclass(frozen=True)
@@ -44,9 +41,6 @@ class BpttOptions:
         grad_clip: clip the global gradient norm to this (None: no clipping).
         truncation: detach the state every this many steps (None: full BPTT).
         tasks: the episodes' task mix.
-        device: where the rollout runs.
-        impl: "fast" or "naive" step.
-        compile: ``torch.compile`` the step.
     """
 
     episodes: int = 128
@@ -55,9 +49,6 @@ class BpttOptions:
     grad_clip: float | None = 25.0
     truncation: int | None = None
     tasks: TaskOptions = field(default_factory=TaskOptions)
-    device: str = "cpu"
-    impl: Impl = "fast"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -69,41 +60,24 @@ class BpttOptions:
             raise ValueError(f"truncation must be >= 1 or None, got {self.truncation}")
 
 
-class BpttTrainer:
+class BpttTrainer(RolloutTrainer):
     """Backprop through unrolled episodes with Adam (implements ``methods.base.Trainer``).
 
-    Args:
-        config: the model.
-        options: ``BpttOptions``.
-        seed: the run's seed; update i's episodes and initial states derive from (seed, i).
-        init: a starting V_M (base shapes); default ``init_params(config, seed)``.
-        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+    Args: as ``methods.base.RolloutTrainer``, ``options`` a ``BpttOptions``.
     """
 
     name = "bptt"
 
-    def __init__(
-        self,
-        config: VSMLConfig,
-        options: BpttOptions,
-        seed: int,
-        init: Params | None = None,
-        tasks: TaskSource | None = None,
-    ) -> None:
-        self.config, self.options, self.seed = config, options, seed
-        self.device = torch.device(options.device)
-        start = starting_params(config, seed, init)
+    def setup(self, start: Params) -> None:
         self.vm = {k: torch.nn.Parameter(v.detach().to(self.device, torch.float32).clone()) for k, v in start.items()}
         self._names = sorted(self.vm)
-        self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=options.lr, betas=options.betas)
-        self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, options.impl, options.compile)
+        self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=self.options.lr, betas=self.options.betas)
 
     def loss(self, iteration: int) -> tuple[torch.Tensor, int]:
         """The differentiable meta-loss of update ``iteration`` and its cell steps."""
         s = self.options.episodes
         ep = self.tasks.sample(iteration, 0, s).to(self.device)
-        keys = [derive_seed(self.seed, iteration, _STATE, i) for i in range(s)]
+        keys = [derive_seed(self.seed, iteration, STATE, i) for i in range(s)]
         noise = member_noise(self.config, ep.x.shape[-1], ep.n_classes, keys)
         state = state_from_noise(self.config, self.vm, [z.to(self.device) for z in noise], ep.x.shape[2])
         res = run_episode(

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..model_file import atomic_write_bytes
+from ..model.model_file import read_torch_file, write_torch_file
 
 FORMAT = "vsml-checkpoint"
 FORMAT_VERSION = 1
@@ -59,24 +59,20 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
         "sha256": hashlib.sha256(body).hexdigest(),
         "body": bytes_to_tensor(body),
     }
-    atomic_write_bytes(path, _serialise(outer))
+    write_torch_file(path, outer)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and verify a checkpoint; ``CheckpointError`` says what is wrong."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        outer = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for corrupt files
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {exc}") from exc
-    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a VSML training checkpoint (no 'format': '{FORMAT}' entry)")
-    if outer.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {outer.get('format_version')}, this version reads {FORMAT_VERSION}"
-        )
+    outer = read_torch_file(
+        path,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        noun="checkpoint",
+        title="VSML training checkpoint",
+        error=CheckpointError,
+    )
     body = outer.get("body")
     if not isinstance(body, Tensor) or body.dtype != torch.uint8:
         raise CheckpointError(f"{path}: checkpoint body missing")

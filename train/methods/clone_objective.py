@@ -1,4 +1,4 @@
-"""The backprop-cloning objective: random problems, the cell rollout, the losses (reference 6.1).
+"""The backprop-cloning objective: random problems, the cell rollout, the losses (docs/model.md §6.1).
 
 Each sub-RNN is taught to behave like ONE weight w of a tanh layer trained by
 SGD. The weight is held scaled down, w~ = W / (target_scale * G) (G the logit
@@ -10,12 +10,13 @@ step of a cell is
     state after the step:         c[unit]   ->  w~_{t+1} = w~_t - s * mean_E(tanh(x) * e)
 
 with s the update scale (the cell's own step size). The rollout is built from
-the very functions ``vsml_train.step.step`` uses for a layer visit, the input
+the very functions ``vsml_train.model.step.step`` uses for a layer visit, the input
 and error message layout and the averaging/clipping, on grids of A = B = 1:
 the cloned cell IS the deployed cell (a parity test runs ``step`` on a grid
 and the clone rollout cell by cell).
 
-Dimension letters: T steps, P problems (independent cells), R rows of G
+Dimension letters (docs/model.md §8): T steps, P problems (independent cells,
+the learners of the rollout), R rows of G
 problems sharing one input stream (P = R * G), E examples per step (state
 averaged over E), Q problems of the long-horizon pool, N state, M message.
 """
@@ -28,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..params import Params
-from ..state import state_from_noise
-from ..step import average_and_clip, input_message, visit_fast
+from ..model.cell import average_and_clip, input_message
+from ..model.config import VSMLConfig
+from ..model.params import Params
+from ..model.state import state_from_noise
+from ..model.visits import visit_fast
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Improving an existing V_M (a cloned backprop first of all) with CMA-ES (reference section 6.4).
+"""Improving an existing V_M (a cloned backprop first of all) with CMA-ES (docs/model.md §6.4).
 
 The ``cma`` package's ``CMAEvolutionStrategy`` runs the ask / tell loop over
 the flat V_M, starting at the given model with initial step size ``sigma0``.
@@ -35,17 +35,13 @@ import cma
 import numpy as np
 import torch
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn
-from ..params import Params, flatten, unflatten
-from ..step import Impl
-from .base import default_tasks, starting_params
+from ..model.params import Params, flatten, unflatten
+from ..seeds import CMAES_RNG, STATE, derive_seed
+from .base import RolloutTrainer
 from .checkpoint import pickle_to_tensor, tensor_to_pickle
 from .distributed import World, current_world, gather_fitness, shard
 from .es import cell_steps, population_loss
-from .tasks import Episodes, TaskOptions, TaskSource, derive_seed, member_noise
-
-_STATE = 2  # seed-derivation tag of the initial states
+from .tasks import Episodes, TaskOptions, member_noise
 
 
 @dataclass(frozen=True)
@@ -58,9 +54,6 @@ class CmaesOptions:
         diagonal: separable CMA-ES (diagonal covariance) for large V_M.
         episodes: S streams every candidate is evaluated on (shared by all).
         tasks: the episodes' task mix (long episodes).
-        device: where the population runs.
-        impl: "fast" or "naive" step.
-        compile: ``torch.compile`` the step.
     """
 
     popsize: int = 64
@@ -68,9 +61,6 @@ class CmaesOptions:
     diagonal: bool = False
     episodes: int = 1
     tasks: TaskOptions = field(default_factory=lambda: TaskOptions(steps=10000))
-    device: str = "cpu"
-    impl: Impl = "fast"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.popsize < 2 or self.sigma0 <= 0 or self.episodes < 1:
@@ -88,36 +78,21 @@ def finite_fitness(fit: np.ndarray) -> tuple[np.ndarray, int]:
     return np.where(bad, worst, fit), int(bad.sum())
 
 
-class CmaesTrainer:
+class CmaesTrainer(RolloutTrainer):
     """CMA-ES on the flat V_M (implements ``methods.base.Trainer``).
 
-    Args:
-        config: the model.
-        options: ``CmaesOptions``.
-        seed: the run's seed (optimizer RNG, episodes, initial states).
-        init: the V_M to improve (base shapes); default ``init_params(config, seed)``.
-        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+    Args: as ``methods.base.RolloutTrainer``, ``options`` a ``CmaesOptions``.
     """
 
     name = "cmaes"
 
-    def __init__(
-        self,
-        config: VSMLConfig,
-        options: CmaesOptions,
-        seed: int,
-        init: Params | None = None,
-        tasks: TaskSource | None = None,
-    ) -> None:
-        self.config, self.options, self.seed = config, options, seed
+    def setup(self, start: Params) -> None:
         self.world: World = current_world()
-        self.device = torch.device(options.device)
-        start = starting_params(config, seed, init)
         x0 = flatten(start).detach().to("cpu", torch.float64).numpy()
-        rng = np.random.RandomState(derive_seed(seed, 0) % 2**32)
+        rng = np.random.RandomState(derive_seed(self.seed, CMAES_RNG) % 2**32)
         opts = {
-            "popsize": options.popsize,
-            "CMA_diagonal": bool(options.diagonal),
+            "popsize": self.options.popsize,
+            "CMA_diagonal": bool(self.options.diagonal),
             "randn": rng.randn,  # the optimizer's own generator, pickled with it
             "seed": math.nan,  # leave numpy's global generator alone
             "verbose": -9,
@@ -127,9 +102,7 @@ class CmaesTrainer:
             "tolfun": 0,
             "tolx": 0,
         }
-        self.es = cma.CMAEvolutionStrategy(x0, options.sigma0, opts)
-        self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, options.impl, options.compile)
+        self.es = cma.CMAEvolutionStrategy(x0, self.options.sigma0, opts)
 
     def evaluate(self, iteration: int, candidates: np.ndarray) -> tuple[np.ndarray, int]:
         """Fitness [L] of every candidate (this process's shard, gathered) and the cell steps done."""
@@ -143,7 +116,7 @@ class CmaesTrainer:
                 self.config,
                 ep.x.shape[-1],
                 ep.n_classes,
-                [derive_seed(self.seed, iteration, _STATE, k) for k in range(s)],
+                [derive_seed(self.seed, iteration, STATE, k) for k in range(s)],
             )
             flat = torch.as_tensor(candidates[lo:hi], dtype=torch.float32).to(self.device)
             flat = flat.repeat_interleave(s, 0)  # [n * S, D]: candidate-major

@@ -1,4 +1,4 @@
-"""Meta-learning V_M from scratch with antithetic evolution strategies (reference section 6.2).
+"""Meta-learning V_M from scratch with antithetic evolution strategies (docs/model.md §6.2).
 
 One iteration, over the flat V_M vector theta [D]:
 
@@ -19,7 +19,8 @@ of the population ("penalise").
 The estimator math lives in small pure functions (``centred_ranks``,
 ``guard_nonfinite``, ``es_grad``) apart from sampling and distribution.
 
-Dimension letters: P pairs (2P population members), D flat V_M size,
+Dimension letters (docs/model.md §8): P learners (here: P antithetic pairs, a
+population of 2P), D flat V_M size,
 T steps, E examples per step, A inputs, B classes.
 """
 
@@ -32,17 +33,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..episode import make_step_fn, online_loss, run_episode
-from ..params import Params, flatten, n_params, unflatten
-from ..state import state_from_noise
-from ..step import Impl
-from .base import default_tasks, starting_params
+from ..model.config import VSMLConfig
+from ..model.episode import online_loss, run_episode
+from ..model.params import Params, flatten, n_params, unflatten
+from ..model.state import state_from_noise
+from ..seeds import NOISE, STATE, derive_seed
+from .base import RolloutTrainer
 from .distributed import World, current_world, gather_fitness, shard
-from .tasks import Episodes, TaskOptions, TaskSource, derive_seed, member_noise
+from .tasks import Episodes, TaskOptions, member_noise
 
 NonFinite = Literal["exclude", "penalise"]
-_NOISE, _STATE = 1, 2  # seed-derivation tags
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,6 @@ class EsOptions:
         nonfinite: what a pair with a NaN / inf fitness does ("exclude" or
             "penalise", see the module docstring).
         tasks: the episodes' task mix (one episode per pair).
-        device: where the population runs ("cpu", "cuda").
-        impl: "fast" or "naive" step.
-        compile: ``torch.compile`` the step.
     """
 
     pairs: int = 1024
@@ -71,9 +68,6 @@ class EsOptions:
     rank_shaping: bool = False
     nonfinite: NonFinite = "exclude"
     tasks: TaskOptions = field(default_factory=TaskOptions)
-    device: str = "cpu"
-    impl: Impl = "fast"
-    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -184,41 +178,24 @@ def cell_steps(config: VSMLConfig, episodes: Episodes, learners: int) -> int:
 # the trainer
 
 
-class EsTrainer:
+class EsTrainer(RolloutTrainer):
     """Antithetic ES with Adam over the flat V_M (implements ``methods.base.Trainer``).
 
-    Args:
-        config: the model.
-        options: ``EsOptions``.
-        seed: the run's seed; every random number of iteration i derives from (seed, i).
-        init: a starting V_M (base shapes); default ``init_params(config, seed)``.
-        tasks: a ``TaskSource`` (default: the data-layer mix of ``options.tasks``).
+    Args: as ``methods.base.RolloutTrainer``, ``options`` a ``EsOptions``.
     """
 
     name = "es"
 
-    def __init__(
-        self,
-        config: VSMLConfig,
-        options: EsOptions,
-        seed: int,
-        init: Params | None = None,
-        tasks: TaskSource | None = None,
-    ) -> None:
-        self.config, self.options, self.seed = config, options, seed
+    def setup(self, start: Params) -> None:
         self.world: World = current_world()
-        self.device = torch.device(options.device)
-        start = starting_params(config, seed, init)
         self.theta = torch.nn.Parameter(flatten(start).detach().to(self.device, torch.float32).clone())
-        self.opt = torch.optim.Adam([self.theta], lr=options.lr, betas=options.betas)
-        self.tasks = default_tasks(tasks, options.tasks, seed)
-        self.step_fn = make_step_fn(config, options.impl, options.compile)
+        self.opt = torch.optim.Adam([self.theta], lr=self.options.lr, betas=self.options.betas)
 
     # ask / tell ------------------------------------------------------------
 
     def ask(self, iteration: int) -> Tensor:
         """The directions eps [P, D] of ``iteration`` (identical on every process)."""
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, iteration, _NOISE))
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, iteration, NOISE))
         return torch.randn(self.options.pairs, n_params(self.config), generator=gen)
 
     def evaluate(self, iteration: int, eps: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -232,7 +209,7 @@ class EsTrainer:
                 self.config,
                 ep.x.shape[-1],
                 ep.n_classes,
-                [derive_seed(self.seed, iteration, _STATE, i) for i in range(lo, hi)],
+                [derive_seed(self.seed, iteration, STATE, i) for i in range(lo, hi)],
             )
             theta = self.theta.detach()
             d = sigma * eps[lo:hi].to(self.device)

@@ -1,14 +1,16 @@
-"""The meta-training methods by name, presets, and option parsing (reference section 6).
+"""The meta-training methods by name, presets, and option parsing (docs/model.md §6).
 
 A run is defined by four parts, each a frozen dataclass:
 
     model    VSMLConfig          (clone derives it from its options)
     options  the method's options (EsOptions, BpttOptions, CmaesOptions,
              CloneOptions), the task mix nested as ``options.tasks``
-    run      RunOptions          (iterations, seed, checkpoints, meta-test)
+    run      RunOptions          (iterations, seed, checkpoints, meta-test,
+                                  device, impl, compile)
 
 A preset is a TOML (or JSON) file in ``presets/`` with a ``method`` key and
 ``[model]``, ``[options]``, ``[options.tasks]`` and ``[run]`` tables.
+The dataclass <-> dict <-> string plumbing is ``vsml_train.options``.
 Overrides ``{"key": value}`` name a field by its dotted path
 (``options.tasks.steps``; ``tasks.`` is short for ``options.tasks.``) or by
 its bare name when that is unique among the four parts. Unknown keys are
@@ -17,17 +19,15 @@ errors that list what exists.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tomllib
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import VSMLConfig
+from ..model.config import VSMLConfig
+from ..options import from_plain, leaf_types, parse_value, to_plain
 from .base import Trainer
 from .bptt import BpttOptions, BpttTrainer
 from .cmaes import CmaesOptions, CmaesTrainer
@@ -46,14 +46,16 @@ class Method:
     trainer: Callable[..., Trainer]
     derive_config: Callable[[Any], VSMLConfig] | None = None  # options -> config (clone)
     distributed: bool = False  # spreads its population over torch.distributed processes
+    compute: bool = True  # takes the run's device / impl / compile (clone runs its own CPU rollout)
 
 
 def _clone_method() -> Method | None:
     try:
-        from .clone import CloneOptions, CloneTrainer, clone_config
+        from .clone import CloneTrainer
+        from .clone_options import CloneOptions, clone_config
     except ImportError:
         return None
-    return Method("clone", CloneOptions, CloneTrainer, clone_config)
+    return Method("clone", CloneOptions, CloneTrainer, clone_config, compute=False)
 
 
 METHODS: dict[str, Method] = {
@@ -70,74 +72,6 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-# ---------------------------------------------------------------------------
-# dataclasses <-> plain dicts
-
-
-def to_plain(obj: Any) -> Any:
-    """A dataclass (nested) as JSON-able dicts and lists."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _nested_cls(tp: Any) -> type | None:
-    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
-
-
-def from_plain(cls: type, d: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from a dict (nested dataclasses from nested dicts); unknown keys raise."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{where or cls.__name__}: expected a table of options, got {d!r}")
-    hints = _hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown {where or cls.__name__} keys {unknown}; expected a subset of {sorted(fields)}")
-    kw = {}
-    for k, v in d.items():
-        sub = _nested_cls(hints[k])
-        if sub is not None:
-            kw[k] = from_plain(sub, v, f"{where}.{k}" if where else k)
-        else:
-            kw[k] = tuple(v) if isinstance(v, list) else v
-    return cls(**kw)
-
-
-def parse_value(text: str, tp: Any) -> Any:
-    """Parse a command-line string as type ``tp`` (bool, int, float, str, Literal, X | None, tuple[X, ...])."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if text.strip().lower() in ("none", "null"):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return parse_value(text, inner[0])
-    if origin is typing.Literal:
-        if text not in args:
-            raise ValueError(f"expected one of {list(args)}, got {text!r}")
-        return text
-    if origin is tuple:
-        items = [s.strip() for s in text.split(",") if s.strip()]
-        inner = args[0] if args else str
-        return tuple(parse_value(s, inner) for s in items)
-    if tp is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {text!r}")
-    if tp in (int, float, str):
-        return tp(text)
-    raise ValueError(f"cannot parse options of type {tp}")
 
 
 # ---------------------------------------------------------------------------
@@ -190,24 +124,14 @@ def read_preset(name: str) -> dict[str, Any]:
     return data
 
 
-def _leaves(cls: type, prefix: str) -> dict[str, Any]:
-    """Dotted path -> type of every leaf field of dataclass ``cls``."""
-    out: dict[str, Any] = {}
-    for name, tp in _hints(cls).items():
-        if name not in {f.name for f in dataclasses.fields(cls)}:
-            continue
-        sub = _nested_cls(tp)
-        if sub is not None:
-            out.update(_leaves(sub, f"{prefix}{name}."))
-        else:
-            out[f"{prefix}{name}"] = tp
-    return out
-
-
 def option_paths(method: str) -> dict[str, Any]:
     """Every settable option of ``method``: dotted path -> type."""
     m = get_method(method)
-    paths = {**_leaves(VSMLConfig, "model."), **_leaves(m.options_cls, "options."), **_leaves(RunOptions, "run.")}
+    paths = {
+        **leaf_types(VSMLConfig, "model."),
+        **leaf_types(m.options_cls, "options."),
+        **leaf_types(RunOptions, "run."),
+    }
     return paths
 
 
@@ -284,4 +208,26 @@ def build_spec(
 
 def make_trainer(spec: RunSpec, init: Any = None) -> Trainer:
     """The method's trainer for a resolved spec."""
-    return get_method(spec.method).trainer(spec.config, spec.options, spec.run.seed, init)
+    m = get_method(spec.method)
+    if not m.compute:
+        return m.trainer(spec.config, spec.options, spec.run.seed, init)
+    r = spec.run
+    return m.trainer(spec.config, spec.options, spec.run.seed, init, device=r.device, impl=r.impl, compile=r.compile)
+
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "RunSpec",
+    "build_spec",
+    "find_preset",
+    "from_plain",
+    "get_method",
+    "list_presets",
+    "make_trainer",
+    "option_paths",
+    "parse_value",
+    "read_preset",
+    "resolve_key",
+    "to_plain",
+]

@@ -6,7 +6,9 @@
 - a metrics log ``OUT/metrics.jsonl`` (one JSON object per logged iteration,
   periodic meta-test results included; TensorBoard events too when
   ``tensorboard`` is installed);
-- periodic meta-test evaluation through an ``evaluate(params)`` callback;
+- periodic meta-test evaluation through an ``evaluate(params)`` callback (the
+  meta-test is passed in: ``vsml_train.evaluation.meta_test`` builds it; the
+  methods never import the evaluation);
 - checkpoints ``OUT/checkpoint.pt`` every ``checkpoint_every`` iterations,
   atomic, with everything needed to resume bit-exactly (``checkpoint.py``);
 - ``resume=True`` continues from the checkpoint: the parameters after
@@ -37,8 +39,9 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..model_file import ModelFile, save_model
-from ..params import Params
+from ..model.model_file import ModelFile, save_model
+from ..model.params import Params
+from ..model.step import Impl
 from .base import Trainer
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import World, broadcast_flag, current_world
@@ -66,6 +69,10 @@ class RunOptions:
         eval_streams: streams per meta-test dataset.
         threads: ``torch.set_num_threads`` (None: leave as is).
         progress: show the progress bar.
+        device: where the trainer's rollouts run ("cpu", "cuda"; with several
+            processes, also the torch.distributed backend's device).
+        impl: the step implementation (``vsml_train.model.step.IMPLS``).
+        compile: ``torch.compile`` the step.
     """
 
     iterations: int = 10000
@@ -79,6 +86,9 @@ class RunOptions:
     eval_streams: int = 4
     threads: int | None = None
     progress: bool = True
+    device: str = "cpu"
+    impl: Impl = "fast"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eval_datasets", tuple(self.eval_datasets))
@@ -173,6 +183,8 @@ def train(
     evaluate: Evaluator | None = None,
     meta: dict[str, Any] | None = None,
     world: World | None = None,
+    model_name: str = MODEL,
+    write_model: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Run ``trainer`` from its current state (or its checkpoint) to ``run.iterations``.
 
@@ -186,6 +198,10 @@ def train(
         resume: continue from ``OUT/checkpoint.pt`` (an error if absent).
         evaluate: meta-test callback ``evaluate(params) -> metrics``.
         meta: extra metadata for ``model.pt`` (e.g. the data description).
+        model_name: the file the trained model goes to, in ``out_dir``.
+        write_model: ``write_model(path, metadata)`` writes it (default: a
+            VSML ``model.pt`` of ``trainer.config`` and ``trainer.params()``;
+            the Meta RNN writes its own file).
     Returns:
         ``TrainResult``; ``model.pt`` is written only when the run completed.
     Raises:
@@ -212,7 +228,8 @@ def train(
         last = dict(ckpt.get("metrics", {}))
     elif ckpt_path.exists():
         raise CheckpointError(
-            f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another --out"
+            f"{out} already holds a run ({ckpt_path} exists): pass resume=True (--resume) to continue it, "
+            "or choose another --out"
         )
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -276,7 +293,7 @@ def train(
     log.close()
     if run.iterations % run.checkpoint_every:
         checkpoint(run.iterations)
-    model_path = out / MODEL
+    model_path = out / model_name
     if world.is_main:
         info = {
             "method": trainer.name,
@@ -289,59 +306,15 @@ def train(
             **(meta or {}),
         }
         info = json.loads(json.dumps(info))  # plain values only: model.pt must load with weights_only=True
-        save_model(model_path, ModelFile(config=trainer.config, params=trainer.params(), meta=info))
+        if write_model is not None:
+            write_model(model_path, info)
+        else:
+            save_model(model_path, ModelFile(config=trainer.config, params=trainer.params(), meta=info))
     return TrainResult(iteration=run.iterations, interrupted=False, metrics=last, model_path=model_path)
 
 
 def _prefixed(metrics: dict[str, float]) -> dict[str, float]:
     return {k if k.startswith("meta_test/") else f"meta_test/{k}": float(v) for k, v in metrics.items()}
-
-
-_EVAL = 5  # seed-derivation tag of the meta-test streams
-
-
-def meta_test_evaluator(config: Any, run: RunOptions, device: str = "cpu") -> Evaluator:
-    """Online (prequential) meta-test on held-out datasets at their full input size (reference section 7).
-
-    The streams (``run.eval_streams`` per dataset, ``run.eval_steps`` long,
-    batch 1, MNIST scalar standardisation) are drawn once by the evaluation
-    core (``EvalProtocol``), from the run's seed, so every evaluation of a run
-    sees the same streams; the V_M runs on the training device and the
-    evaluation core's ``summarize`` scores it. Reports per dataset: mean
-    online accuracy, first 100 / last 200 steps, and the online loss.
-    """
-    from ..episode import run_episode
-    from ..evaluation import EvalProtocol, protocol_streams, summarize
-    from .tasks import derive_seed
-
-    sets = []
-    for k, name in enumerate(run.eval_datasets):
-        proto = EvalProtocol(
-            name,
-            split=run.eval_split,  # type: ignore[arg-type]
-            n_steps=run.eval_steps,
-            n_streams=run.eval_streams,
-            seed=derive_seed(run.seed, _EVAL, k) % 2**31,
-        )
-        st = protocol_streams(proto)
-        x = torch.from_numpy(st.x).unsqueeze(2).to(device)  # [T, S, 1, A]
-        y = torch.from_numpy(st.y).unsqueeze(2).to(device)  # [T, S, 1]
-        sets.append((name, x, y, st.y, st.n_classes))
-
-    def evaluate(params: Params) -> dict[str, float]:
-        out: dict[str, float] = {}
-        p = {k: v.to(device) for k, v in params.items()}
-        for name, x, y, labels, n_classes in sets:
-            with torch.no_grad():
-                res = run_episode(p, config, x, y, n_classes, seed=derive_seed(run.seed, _EVAL, 1 << 20))
-            s = summarize(res.logits[:, :, 0].cpu().numpy(), labels)
-            out[f"{name}/acc"] = s.accuracy.mean
-            out[f"{name}/first100"] = s.first_accuracy.mean
-            out[f"{name}/last200"] = s.last_accuracy.mean
-            out[f"{name}/loss"] = s.loss.mean
-        return out
-
-    return evaluate
 
 
 def limit_numpy_threads(n: int = 1) -> bool:

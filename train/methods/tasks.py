@@ -1,4 +1,4 @@
-"""The task mix meta-training draws its episodes from (reference section 6).
+"""The task mix meta-training draws its episodes from (docs/model.md §6.5).
 
 A meta-training episode is one online classification stream: a fresh learner
 sees T examples of one task once, in order. The mix is built from the data
@@ -23,8 +23,6 @@ classes, N state size.
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -32,14 +30,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ..config import VSMLConfig
-from ..state import init_noise
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed from a tuple of integers (sha256; independent streams for distinct keys)."""
-    data = b"".join(struct.pack("<q", int(k) & 0x7FFFFFFFFFFFFFFF) for k in keys)
-    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little") >> 1
+from ..model.config import VSMLConfig
+from ..model.state import init_noise
+from ..seeds import BLOCKS_PER_ITERATION, PROJECT, SOURCE, derive_seed
 
 
 @dataclass(frozen=True)
@@ -150,7 +143,7 @@ def member_noise(config: VSMLConfig, n_features: int, n_classes: int, keys: list
 
 
 @dataclass
-class _Blocks:
+class TaskBlocks:
     """Cache of the last sampled blocks, so slicing one iteration twice samples once."""
 
     iteration: int = -1
@@ -163,12 +156,12 @@ def gather_blocks(
     stop: int,
     block: int,
     draw: Callable[[int, int], Episodes],
-    cache: _Blocks | None = None,
+    cache: TaskBlocks | None = None,
 ) -> Episodes:
     """Streams [start, stop) assembled from whole blocks ``draw(iteration, b) -> Episodes`` of ``block`` streams."""
     if not 0 <= start < stop:
         raise ValueError(f"need 0 <= start < stop, got {start}, {stop}")
-    cache = cache if cache is not None else _Blocks()
+    cache = cache if cache is not None else TaskBlocks()
     if cache.iteration != iteration:
         cache.iteration, cache.blocks = iteration, {}
     parts = []
@@ -182,35 +175,6 @@ def gather_blocks(
     if len(n_cls) != 1:
         raise ValueError(f"streams of one iteration disagree on the number of classes: {n_cls}")
     return Episodes(torch.cat([p.x for p in parts], 1), torch.cat([p.y for p in parts], 1), parts[0].n_classes)
-
-
-class LinearTeacherTasks:
-    """A dependency-free synthetic task source (tests and benchmarks).
-
-    Each stream has its own random linear teacher W [A, B]; inputs are
-    standard normal and y = argmax(x @ W). A learner that adapts online beats
-    chance; a fixed predictor cannot, since every stream has a new teacher.
-    """
-
-    def __init__(self, n_features: int, n_classes: int, steps: int, seed: int, examples: int = 1, block: int = 8):
-        self.n_features, self.n_classes, self.steps = n_features, n_classes, steps
-        self.examples, self.seed, self.block = examples, seed, block
-        self._cache = _Blocks()
-
-    def _draw(self, iteration: int, b: int) -> Episodes:
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, iteration, b))
-        t, s, e, a, k = self.steps, self.block, self.examples, self.n_features, self.n_classes
-        w = torch.randn(s, a, k, generator=gen)  # [S, A, B]
-        x = torch.randn(t, s, e, a, generator=gen)  # [T, S, E, A]
-        y = torch.einsum("tsea,sab->tseb", x, w).argmax(-1)  # [T, S, E]
-        return Episodes(x, y, k)
-
-    def sample(self, iteration: int, start: int, stop: int) -> Episodes:
-        return gather_blocks(iteration, start, stop, self.block, self._draw, self._cache)
-
-
-_SOURCE, _PROJECT = 3, 4  # seed-derivation tags
-_BLOCKS_PER_ITERATION = 1 << 24  # sampler index of block b of iteration i: i * this + b
 
 
 class TaskMix:
@@ -261,13 +225,13 @@ class TaskMix:
             for proj in (False, True)
             for t in lengths
         }
-        self._cache = _Blocks()
+        self._cache = TaskBlocks()
 
     def choice(self, iteration: int) -> tuple[int, bool]:
         """(source index, projected?) of ``iteration``."""
         o = self.options
-        src = derive_seed(self.seed, iteration, _SOURCE) % len(self.names)
-        u = (derive_seed(self.seed, iteration, _PROJECT) % 1_000_000) / 1_000_000
+        src = derive_seed(self.seed, iteration, SOURCE) % len(self.names)
+        u = (derive_seed(self.seed, iteration, PROJECT) % 1_000_000) / 1_000_000
         return src, o.project_dim is not None and u < o.project_fraction
 
     def steps(self, iteration: int) -> int:
@@ -278,7 +242,7 @@ class TaskMix:
     def _draw(self, iteration: int, b: int) -> Episodes:
         t, e = self.steps(iteration), self.options.examples
         sampler = self.samplers[(*self.choice(iteration), t)]
-        streams = sampler.episodes(iteration * _BLOCKS_PER_ITERATION + b)
+        streams = sampler.episodes(iteration * BLOCKS_PER_ITERATION + b)
         x = torch.from_numpy(streams.x)  # [T * E, S, A]
         y = torch.from_numpy(streams.y)  # [T * E, S]
         s, a = x.shape[1], x.shape[2]

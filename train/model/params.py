@@ -1,4 +1,4 @@
-"""The meta variables V_M: the shared sub-RNN parameters (reference section 2).
+"""The meta variables V_M: the shared sub-RNN parameters (docs/model.md §2).
 
 V_M is a ``dict[str, Tensor]``. Base shapes (U = 2M + X cell inputs):
 

@@ -1,4 +1,4 @@
-"""The shared rollout: run the VSML step over a stream (reference section 3).
+"""The shared rollout: run the VSML step over a stream (docs/model.md §3).
 
 Every training method and the evaluation call ``run_episode``; nothing else
 loops over time. Dimension letters: T steps, P learners, E examples per step,

@@ -1,4 +1,4 @@
-"""The sparse-shared view of a VS Meta RNN (reference section 5; Theorem 1 of the paper's appendix).
+"""The sparse-shared view of a VS Meta RNN (docs/model.md "Sparse-shared view"; Theorem 1 of the paper's appendix).
 
 Dimension letters: A first grid index, B second grid index, N state per cell,
 D = A * B * N the flattened state. Leading batch dimensions ``...`` are allowed

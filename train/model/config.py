@@ -1,4 +1,4 @@
-"""The VSML model configuration (reference sections 2-4).
+"""The VSML model configuration (docs/model.md §2-4).
 
 One frozen dataclass holds every switch of the model. Defaults are the
 reference defaults; presets for experiments are small named functions or
@@ -7,11 +7,12 @@ files elsewhere. Unknown keys are errors (``VSMLConfig.from_dict``).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from ..options import from_plain, to_plain
 
 BatchAverage = Literal["none", "full", "half"]
 Reduction = Literal["mean", "sum", "sqrt"]
@@ -143,22 +144,13 @@ class VSMLConfig:
         return list(itertools.pairwise(sizes))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (tuples become lists)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["hidden"] = list(self.hidden)
-        return d
+        """Plain JSON-serialisable dict (tuples become lists; ``vsml_train.options.to_plain``)."""
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VSMLConfig:
-        """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VSMLConfig keys {unknown}; expected a subset of {sorted(known)}")
-        kw = dict(d)
-        if "hidden" in kw:
-            kw["hidden"] = tuple(kw["hidden"])
-        return cls(**kw)
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError`` (``vsml_train.options.from_plain``)."""
+        return from_plain(cls, d)
 
     def replace(self, **changes: Any) -> VSMLConfig:
         """A copy with some fields changed (validated like the constructor)."""

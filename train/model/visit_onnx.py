@@ -1,10 +1,10 @@
-"""The export-tuned layer visit and batch averaging (reference sections 2 and 4).
+"""The ONNX-tuned layer visit and batch averaging (docs/model.md §2 and §4).
 
 Dimension letters: P learners, E examples per step of one learner, A inputs,
 B outputs of a layer, N state, M message, X extra cell inputs, C = P*E*A*B cells.
 
-``step(..., impl="export")`` selects both (``vsml_train.step.IMPLS``); the
-exporter traces that call. Same numbers as ``visit_fast`` and
+``step(..., impl="onnx")`` selects both (``vsml_train.model.step.IMPLS``);
+the exporter traces that call. Same numbers as ``visit_fast`` and
 ``average_and_clip``, arranged for ONNX Runtime on CPU, where every op is one
 pass over memory and broadcasting along the innermost axis is very slow:
 
@@ -38,9 +38,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .cell import fan_in, gate_bias, split_rows
 from .config import VSMLConfig
 from .params import Params
-from .step import _gate_bias, _split_rows, fan_in
 
 # column blocks of w_gates in its (i, g, f, o) order
 _I, _G, _F, _O = 0, 1, 2, 3
@@ -61,7 +61,7 @@ def _sum_over_a(x: Tensor) -> Tensor:
 def _layer_norm_mm(m: Tensor, g: Tensor, b: Tensor) -> Tensor:
     """LayerNorm over the last axis (size M) with matrix products for the statistics.
 
-    m [..., M] -> [..., M]; same formula as ``vsml_train.step._layer_norm``
+    m [..., M] -> [..., M]; same formula as ``vsml_train.model.cell.layer_norm``
     (biased variance, eps 1e-5 inside the square root).
     """
     size = m.shape[-1]
@@ -73,10 +73,10 @@ def _layer_norm_mm(m: Tensor, g: Tensor, b: Tensor) -> Tensor:
 
 def _check_base(p: Params) -> None:
     if p["w_gates"].dim() != 2:
-        raise ValueError('impl "export" takes one V_M: w_gates must be [U + N, 4N] (no population axis)')
+        raise ValueError('impl "onnx" takes one V_M: w_gates must be [U + N, 4N] (no population axis)')
 
 
-def visit_export(
+def visit_onnx(
     p: Params,
     h: Tensor,
     c: Tensor,
@@ -87,7 +87,7 @@ def visit_export(
     want_fwd: bool,
     want_bwd: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """One layer visit (signature and results of ``vsml_train.step.visit_fast``).
+    """One layer visit (signature and results of ``vsml_train.model.visits.visit_fast``).
 
     Args:
         p: this layer's V_M, base shapes.
@@ -100,8 +100,8 @@ def visit_export(
     _check_base(p)
     n = config.state_size
     pp, e, a, b = h.shape[0], h.shape[1], h.shape[2], h.shape[3]
-    w = _split_rows(p, config)
-    bias = _gate_bias(p, config)  # [4N]
+    w = split_rows(p, config)
+    bias = gate_bias(p, config)  # [4N]
     row_x, col_x = extras
     xr = 0 if row_x is None else row_x.shape[-1]
     z_in: dict[int, Tensor] = {}
@@ -212,8 +212,8 @@ def _scripted() -> tuple[Callable[..., tuple[Tensor, Tensor]], Callable[..., tup
         return torch.jit.script(_average_all_if_batched), torch.jit.script(_average_first_if_batched)
 
 
-def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
-    """``vsml_train.step.average_and_clip`` with the averaging under an ``If (E > 1)``.
+def average_and_clip_onnx(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+    """``vsml_train.model.cell.average_and_clip`` with the averaging under an ``If (E > 1)``.
 
     The dynamo exporter sees ``torch.cond``, the TorchScript one a scripted
     function; both become an ONNX ``If``, so one example per step skips the
@@ -243,4 +243,4 @@ def average_and_clip_export(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[T
     return h, c
 
 
-__all__ = ["average_and_clip_export", "visit_export"]
+__all__ = ["average_and_clip_onnx", "visit_onnx"]

@@ -112,7 +112,7 @@ def init_noise(
 
 
 def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tensor], n_examples: int = 1) -> VSMLState:
-    """A fresh episode's state from ``init_noise`` (reference section 3, "Initial state").
+    """A fresh episode's state from ``init_noise`` (docs/model.md §3.3).
 
     Args:
         params: V_M, needed only by init_mode "encoded" (base or [P, *base]).

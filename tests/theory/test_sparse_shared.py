@@ -1,4 +1,4 @@
-"""The sparse-shared view (reference section 5): VS Meta RNN == one dense RNN with a sparse shared matrix."""
+"""The sparse-shared view (docs/model.md §5): VS Meta RNN == one dense RNN with a sparse shared matrix."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from vsml_train.sparse_shared import check_grid, dense_matrix, dense_step, tile_bias, vs_step
+from tests.theory.sparse_shared import check_grid, dense_matrix, dense_step, tile_bias, vs_step
 
 # (A, B, N): square, wide (A < B), single-cell, single-row and N = 1 grids
 SIZES = [(1, 1, 3), (2, 2, 3), (3, 3, 2), (2, 5, 3), (3, 4, 4), (1, 6, 2), (4, 7, 1)]

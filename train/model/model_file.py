@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
+from ..files import atomic_write_bytes
 from .config import VSMLConfig
-from .files import atomic_write_bytes
 from .params import Params, check_params
 
 FORMAT = "vsml-model"
@@ -60,6 +60,45 @@ def params_hash(params: Params) -> str:
     return h.hexdigest()
 
 
+def write_torch_file(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """``torch.save`` a dict of tensors and plain values to ``path`` atomically (model, Meta RNN, checkpoint)."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_torch_file(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str,
+    version: int,
+    noun: str,
+    title: str,
+    error: type[Exception] = ValueError,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a file ``write_torch_file`` wrote, with ``weights_only=True``, and check its format header.
+
+    Args:
+        fmt, version: the expected ``"format"`` and ``"format_version"`` entries.
+        noun: what the file is, in messages ("model file").
+        title: what a file of this format is called ("VSML model file").
+        error: the exception raised, with a message naming the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{noun} {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many kinds for corrupt files
+        raise error(f"{path} is not a readable {noun} (corrupt or truncated?): {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise error(f"{path} is not a {title} (no 'format': '{fmt}' entry)")
+    if payload.get("format_version") != version:
+        raise error(f"{path} has format_version {payload.get('format_version')}, this version reads {version}")
+    return payload
+
+
 def save_model(path: str | os.PathLike[str], model: ModelFile) -> None:
     """Save atomically; V_M must have base shapes (no population axis)."""
     if check_params(model.params, model.config) is not None:
@@ -73,26 +112,21 @@ def save_model(path: str | os.PathLike[str], model: ModelFile) -> None:
         # file always loads with weights_only=True
         "meta": json.loads(json.dumps({**model.meta, "params_sha256": params_hash(model.params)}, default=str)),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_torch_file(path, payload)
 
 
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ModelFile:
     """Load and validate a model file; raises ``ModelFileError`` naming the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many kinds for corrupt files
-        raise ModelFileError(f"{path} is not a readable model file (corrupt or truncated?): {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a VSML model file (no 'format': '{FORMAT}' entry)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path} has format_version {payload.get('format_version')}, this version reads {FORMAT_VERSION}"
-        )
+    payload = read_torch_file(
+        path,
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        noun="model file",
+        title="VSML model file",
+        error=ModelFileError,
+        map_location=map_location,
+    )
     try:
         config = VSMLConfig.from_dict(payload["config"])
         params = dict(payload["params"])
