@@ -256,7 +256,10 @@ def suite_verdicts(result: SuiteResult, learner: str) -> dict[str, Any]:
             "baseline_means": {n: result.mean_accuracy(n) for n in names if n not in result.vsml},
             "first_wins": f"{result.wins(learner, others)} of {len(result.tasks)} tasks above {others}",
         }
+    # below by more than float rounding: equal per-stream means are a tie, not a loss
     below = [
-        t for t, r in result.tasks.items() if r[learner].summary.accuracy.mean < r["sgd-linear"].summary.accuracy.mean
+        t
+        for t, r in result.tasks.items()
+        if r[learner].summary.accuracy.mean < r["sgd-linear"].summary.accuracy.mean - 1e-9
     ]
     return {"tasks_below_sgd": below, "n_tasks": len(result.tasks)}
