@@ -1,0 +1,139 @@
+"""SQLite store: the embedded default (one file, WAL journal, fsync on every commit).
+
+One server process owns a file: an exclusive ``flock`` on ``<file>.lock``
+refuses a second process (two processes would each cache learners and
+interleave steps). Inside the process the service's per-key lock owns a key,
+so ``transaction(key)`` takes no lock itself: each operation is its own short
+SQLite transaction on the one connection, under a mutex, and different keys
+step in parallel while only their short writes queue here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .store import ConflictError, KeyTxn, Store, StoreError
+from .wal import Loaded, Record
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS learners (key TEXT PRIMARY KEY, head INTEGER NOT NULL, snap_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (key TEXT NOT NULL, seq INTEGER NOT NULL, x BLOB NOT NULL, y BLOB NOT NULL,
+                                    PRIMARY KEY (key, seq));
+"""
+
+
+class _SqliteTxn(KeyTxn):
+    def __init__(self, store: SqliteStore, key: str) -> None:
+        self.store, self.key = store, key
+
+    def head(self) -> int | None:
+        with self.store.atomic() as c:
+            return _head(c, self.key)
+
+    def load(self, since: int | None = None) -> Loaded:
+        with self.store.atomic() as c:
+            row = c.execute("SELECT seq, state FROM snapshots WHERE key = ?", (self.key,)).fetchone()
+            snap_seq = 0 if row is None else int(row[0])
+            if since is not None and since >= snap_seq:
+                snapshot, after = None, since
+            else:
+                snapshot, after = (None if row is None else bytes(row[1])), snap_seq
+            rows = c.execute(
+                "SELECT seq, x, y FROM records WHERE key = ? AND seq > ? ORDER BY seq", (self.key, after)
+            ).fetchall()
+        return Loaded(snapshot, snap_seq, [Record(int(s), bytes(x), bytes(y)) for s, x, y in rows])
+
+    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None) -> None:
+        seq = start + n
+        with self.store.atomic() as c:
+            head = _head(c, self.key)
+            if (head or 0) != start:
+                raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {start}")
+            c.execute("INSERT INTO records (key, seq, x, y) VALUES (?, ?, ?, ?)", (self.key, seq, x, y))
+            if head is None:
+                c.execute("INSERT INTO learners (key, head, snap_seq) VALUES (?, ?, 0)", (self.key, seq))
+            else:
+                c.execute("UPDATE learners SET head = ? WHERE key = ?", (seq, self.key))
+            if snapshot is not None:
+                c.execute(
+                    "INSERT OR REPLACE INTO snapshots (key, seq, state) VALUES (?, ?, ?)", (self.key, seq, snapshot)
+                )
+                c.execute("DELETE FROM records WHERE key = ? AND seq <= ?", (self.key, seq))
+                c.execute("UPDATE learners SET snap_seq = ? WHERE key = ?", (seq, self.key))
+
+    def delete(self) -> bool:
+        with self.store.atomic() as c:
+            existed = _head(c, self.key) is not None
+            for table in ("records", "snapshots", "learners"):
+                c.execute(f"DELETE FROM {table} WHERE key = ?", (self.key,))
+        return existed
+
+
+def _head(c: sqlite3.Connection, key: str) -> int | None:
+    row = c.execute("SELECT head FROM learners WHERE key = ?", (key,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+class SqliteStore(Store):
+    """The embedded store in one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        if not self.path.parent.is_dir():
+            raise StoreError(f"cannot open store {self.path}: folder {self.path.parent} does not exist")
+        self._lockfile = open(f"{self.path}.lock", "a")  # noqa: SIM115 - held for the store's lifetime
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lockfile.close()
+            raise StoreError(f"store {self.path} is in use by another process (one server per SQLite file)") from exc
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(SCHEMA)
+        self._mutex = threading.Lock()
+
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite transaction (BEGIN IMMEDIATE .. COMMIT, fsynced) under the store's mutex."""
+        with self._mutex:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {exc}") from exc
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StoreError(f"store {self.path}: {exc}") from exc
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise StoreError(f"store {self.path}: commit failed: {exc}") from exc
+
+    @contextmanager
+    def transaction(self, key: str) -> Iterator[KeyTxn]:
+        """Operations on ``key``; each is atomic and durable when it returns (see the module docstring)."""
+        yield _SqliteTxn(self, key)
+
+    def count(self) -> int:
+        with self._mutex:
+            return int(self._conn.execute("SELECT count(*) FROM learners").fetchone()[0])
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._lockfile.close()
