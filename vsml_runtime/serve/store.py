@@ -18,6 +18,7 @@ its writes are durable when the ``with`` block exits without an exception
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from urllib.parse import urlsplit, urlunsplit
@@ -92,8 +93,9 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def open_store(url: str, *, pool_size: int = 8, lock_timeout_s: float = 10.0) -> Store:
+def open_store(url: str | os.PathLike[str], *, pool_size: int = 8, lock_timeout_s: float = 10.0) -> Store:
     """A store from its URL: ``sqlite:///file.db``, a plain file path, or ``postgresql://...``."""
+    url = os.fspath(url)
     if url.startswith(("postgresql://", "postgres://")):
         from .store_postgres import PostgresStore
 
