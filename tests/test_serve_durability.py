@@ -159,6 +159,7 @@ def test_eviction_loses_nothing(tmp_path) -> None:
         for k, s in streams.items():
             svc.learn(k, *s[i])
     assert len(svc.cache) == 1 and svc.cache.evictions >= 20
+    assert svc.metrics.value("vsml_replayed_steps_total") == 0  # evicted learners were snapshotted
     for k, s in streams.items():
         assert svc.info(k)["state_sha256"] == reference_digest(s, A, B)[0]
     assert svc.delete("a") is True and svc.delete("a") is False

@@ -8,7 +8,9 @@ may sit outside the cache for the request's duration, so the bound on
 learner memory is ``(capacity + worker threads) x learner size``.
 
 Evicting loses nothing: every acknowledged step is already in the store,
-and a key that comes back is restored from its snapshot and records.
+and a key that comes back is restored from its snapshot and records. (The
+service writes an evicted learner's snapshot, so that restoring it is one
+read rather than a replay.)
 """
 
 from __future__ import annotations
@@ -76,14 +78,16 @@ class LearnerCache:
             self.hits += 1
             return learner
 
-    def put(self, key: str, learner: Learner) -> None:
-        """Cache ``learner`` for ``key``, evicting the least recently used beyond ``capacity``."""
+    def put(self, key: str, learner: Learner) -> list[tuple[str, Learner]]:
+        """Cache ``learner`` for ``key``; returns the least recently used ones evicted beyond ``capacity``."""
+        evicted = []
         with self._guard:
             self._items[key] = learner
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+                evicted.append(self._items.popitem(last=False))
                 self.evictions += 1
+        return evicted
 
     def drop(self, key: str) -> None:
         """Forget ``key``'s learner (it is reloaded from the store when needed)."""

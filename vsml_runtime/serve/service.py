@@ -10,6 +10,7 @@ lock across replicas); different keys run in parallel.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -26,6 +27,8 @@ from .cache import KeyLocks, LearnerCache
 from .metrics import Metrics
 from .store import KeyTxn, Store, StoreError
 
+log = logging.getLogger("vsml_runtime.serve")
+SPARE_LEARNERS = 4  # evicted learner objects kept for reuse (saves building one per cache miss)
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 KEY_RULE = "1-128 characters from A-Z a-z 0-9 . _ : @ -, starting with a letter or digit"
 
@@ -143,12 +146,12 @@ class Service:
         learner.reset()
         return learner
 
-    def _current(self, key: str, txn: KeyTxn) -> tuple[Learner, int | None]:
-        """The key's learner at the store's head (cached, caught up, or restored), and the head."""
+    def _current(self, key: str, txn: KeyTxn, evicted: list[tuple[str, Learner]]) -> Learner:
+        """The key's learner at the store's head (cached, caught up or restored); what it evicts goes to ``evicted``."""
         head = txn.head()
         learner = self.cache.get(key)
         if learner is not None and learner.steps == (head or 0):
-            return learner, head
+            return learner
         if head is None:
             learner = self._fresh()
         elif learner is not None and learner.steps < head:
@@ -159,8 +162,27 @@ class Service:
             self.metrics.inc("vsml_replayed_steps_total", wal.restore(learner, txn.load()))
         if learner.steps != (head or 0):
             raise StoreError(f"key {key!r}: restored {learner.steps} steps, the store's head is {head}")
-        self.cache.put(key, learner)
-        return learner, head
+        evicted.extend(self.cache.put(key, learner))
+        return learner
+
+    def _retire(self, evicted: list[tuple[str, Learner]]) -> None:
+        """Snapshot evicted learners that are ahead of their stored snapshot, then keep a few for reuse.
+
+        Runs after the request released its own key, so two requests never
+        wait for each other's keys. Failures only cost a longer replay later.
+        """
+        for key, learner in evicted:
+            try:
+                with self.locks.hold(key), self.store.transaction(key) as txn:
+                    ahead = txn.head() == learner.steps and txn.snap_seq() < learner.steps
+                    if ahead and txn.snapshot(learner.steps, wal.snapshot_bytes(learner)):
+                        self.metrics.inc("vsml_snapshots_total")
+            except StoreError as exc:
+                self.metrics.inc("vsml_store_errors_total")
+                log.warning("could not snapshot evicted learner %r: %s", key, exc)
+            with self._spare_lock:
+                if len(self._spare) < SPARE_LEARNERS:
+                    self._spare.append(learner)
 
     # -- operations ----------------------------------------------------------
 
@@ -173,10 +195,20 @@ class Service:
         check_key(key)
         xs, single = as_inputs(x, self.config.n_features, self.config.max_batch)
         ys = as_labels(y, xs.shape[0], self.config.n_classes, single)
+        evicted: list[tuple[str, Learner]] = []
+        try:
+            out = self._learn(key, xs, ys, single, evicted)
+        finally:
+            self._retire(evicted)
+        return out
+
+    def _learn(
+        self, key: str, xs: np.ndarray, ys: np.ndarray, single: bool, evicted: list[tuple[str, Learner]]
+    ) -> dict[str, Any]:
         with self.locks.hold(key):
             try:
                 with self.store.transaction(key) as txn:
-                    learner, _ = self._current(key, txn)
+                    learner = self._current(key, txn, evicted)
                     start = learner.steps
                     preds, logits = learner.learn_stream(xs, ys, return_logits=True)
                     k = self.config.snapshot_every
@@ -201,10 +233,14 @@ class Service:
         """Predictions and class probabilities for x ([A] or [n, A]) from the key's current state; no change."""
         check_key(key)
         xs, single = as_inputs(x, self.config.n_features, self.config.max_predict_rows)
-        with self.locks.hold(key), self.store.transaction(key) as txn:
-            learner, _ = self._current(key, txn)
-            preds, logits = learner.predict(xs, return_logits=True)
-            steps = learner.steps
+        evicted: list[tuple[str, Learner]] = []
+        try:
+            with self.locks.hold(key), self.store.transaction(key) as txn:
+                learner = self._current(key, txn, evicted)
+                preds, logits = learner.predict(xs, return_logits=True)
+                steps = learner.steps
+        finally:
+            self._retire(evicted)
         probs = wal.softmax(logits)
         if single:
             return {"prediction": int(preds[0]), "probabilities": probs[0].tolist(), "steps": steps}
@@ -213,19 +249,25 @@ class Service:
     def info(self, key: str) -> dict[str, Any]:
         """Steps, model digest, sizes and a digest of the learned state; NotFound for an unknown key."""
         check_key(key)
-        with self.locks.hold(key), self.store.transaction(key) as txn:
-            if txn.head() is None:
-                raise NotFound(key)
-            learner, _ = self._current(key, txn)
-            return {
-                "key": key,
-                "steps": learner.steps,
-                "model_sha256": self.model_sha256,
-                "n_features": self.config.n_features,
-                "n_classes": self.config.n_classes,
-                "state_sha256": wal.state_digest(learner),
-                "state_bytes": self.learner_bytes // 2,
-            }
+        evicted: list[tuple[str, Learner]] = []
+        try:
+            with self.locks.hold(key), self.store.transaction(key) as txn:
+                if txn.head() is None:
+                    raise NotFound(key)
+                learner = self._current(key, txn, evicted)
+                digest = wal.state_digest(learner)
+                steps = learner.steps
+        finally:
+            self._retire(evicted)
+        return {
+            "key": key,
+            "steps": steps,
+            "model_sha256": self.model_sha256,
+            "n_features": self.config.n_features,
+            "n_classes": self.config.n_classes,
+            "state_sha256": digest,
+            "state_bytes": self.learner_bytes // 2,
+        }
 
     def delete(self, key: str) -> bool:
         """Forget the key everywhere (store and memory); True if it existed."""

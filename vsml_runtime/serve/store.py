@@ -58,6 +58,17 @@ class KeyTxn(abc.ABC):
         """
 
     @abc.abstractmethod
+    def snap_seq(self) -> int:
+        """The step count of the key's latest snapshot (0 if none)."""
+
+    @abc.abstractmethod
+    def snapshot(self, seq: int, data: bytes) -> bool:
+        """Store ``data`` as the snapshot at ``seq`` and drop the records it covers, if ``seq`` is the head.
+
+        Returns False (and writes nothing) when the head has moved on.
+        """
+
+    @abc.abstractmethod
     def delete(self) -> bool:
         """Forget the key (records, snapshot, head); True if it existed."""
 

@@ -74,13 +74,27 @@ class _PgTxn(KeyTxn):
         else:
             c.execute("UPDATE vsml_learners SET head = %s WHERE key = %s", (seq, k))
         if snapshot is not None:
-            c.execute(
-                "INSERT INTO vsml_snapshots (key, seq, state) VALUES (%s, %s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET seq = EXCLUDED.seq, state = EXCLUDED.state",
-                (k, seq, snapshot),
-            )
-            c.execute("DELETE FROM vsml_records WHERE key = %s AND seq <= %s", (k, seq))
-            c.execute("UPDATE vsml_learners SET snap_seq = %s WHERE key = %s", (seq, k))
+            self._put_snapshot(seq, snapshot)
+
+    def _put_snapshot(self, seq: int, data: bytes) -> None:
+        c, k = self.conn, self.key
+        c.execute(
+            "INSERT INTO vsml_snapshots (key, seq, state) VALUES (%s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET seq = EXCLUDED.seq, state = EXCLUDED.state",
+            (k, seq, data),
+        )
+        c.execute("DELETE FROM vsml_records WHERE key = %s AND seq <= %s", (k, seq))
+        c.execute("UPDATE vsml_learners SET snap_seq = %s WHERE key = %s", (seq, k))
+
+    def snap_seq(self) -> int:
+        row = self.conn.execute("SELECT snap_seq FROM vsml_learners WHERE key = %s", (self.key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def snapshot(self, seq: int, data: bytes) -> bool:
+        if self.head() != seq:
+            return False
+        self._put_snapshot(seq, data)
+        return True
 
     def delete(self) -> bool:
         existed = self.head() is not None

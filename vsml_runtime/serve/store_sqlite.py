@@ -62,11 +62,19 @@ class _SqliteTxn(KeyTxn):
             else:
                 c.execute("UPDATE learners SET head = ? WHERE key = ?", (seq, self.key))
             if snapshot is not None:
-                c.execute(
-                    "INSERT OR REPLACE INTO snapshots (key, seq, state) VALUES (?, ?, ?)", (self.key, seq, snapshot)
-                )
-                c.execute("DELETE FROM records WHERE key = ? AND seq <= ?", (self.key, seq))
-                c.execute("UPDATE learners SET snap_seq = ? WHERE key = ?", (seq, self.key))
+                _put_snapshot(c, self.key, seq, snapshot)
+
+    def snap_seq(self) -> int:
+        with self.store.atomic() as c:
+            row = c.execute("SELECT snap_seq FROM learners WHERE key = ?", (self.key,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def snapshot(self, seq: int, data: bytes) -> bool:
+        with self.store.atomic() as c:
+            if _head(c, self.key) != seq:
+                return False
+            _put_snapshot(c, self.key, seq, data)
+        return True
 
     def delete(self) -> bool:
         with self.store.atomic() as c:
@@ -74,6 +82,12 @@ class _SqliteTxn(KeyTxn):
             for table in ("records", "snapshots", "learners"):
                 c.execute(f"DELETE FROM {table} WHERE key = ?", (self.key,))
         return existed
+
+
+def _put_snapshot(c: sqlite3.Connection, key: str, seq: int, data: bytes) -> None:
+    c.execute("INSERT OR REPLACE INTO snapshots (key, seq, state) VALUES (?, ?, ?)", (key, seq, data))
+    c.execute("DELETE FROM records WHERE key = ? AND seq <= ?", (key, seq))
+    c.execute("UPDATE learners SET snap_seq = ? WHERE key = ?", (seq, key))
 
 
 def _head(c: sqlite3.Connection, key: str) -> int | None:
