@@ -124,37 +124,61 @@ def bodies(a: int, b: int, n: int = 256) -> list[bytes]:
     ]
 
 
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on one connection (httpx's pool is the bottleneck at 64 clients)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await self.writer.drain()
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        length = next(int(v.split(":", 1)[1]) for v in lines[1:] if v.lower().startswith("content-length:"))
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def load(base: str, a: int, b: int, keys: int, clients: int, seconds: float, rss: Any = None) -> dict[str, Any]:
-    """``clients`` concurrent loops of learn requests on random keys for ``seconds``."""
+    """``clients`` concurrent loops (one connection each) of learn requests on random keys for ``seconds``."""
     payloads = bodies(a, b)
+    port = int(base.rsplit(":", 1)[1])
     lat: list[float] = []
     status: dict[int, int] = {}
     samples: list[tuple[float, float]] = []
     end = time.perf_counter() + seconds
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as c:
 
-        async def worker(i: int) -> None:
-            rng = random.Random(i)
+    async def worker(i: int) -> None:
+        rng, c = random.Random(i), RawClient(HOST, port)
+        try:
             while time.perf_counter() < end:
                 key = f"user{rng.randrange(keys)}"
                 t0 = time.perf_counter()
-                r = await c.post(
-                    f"/v1/learners/{key}/learn", content=payloads[rng.randrange(len(payloads))], headers=headers
-                )
+                code, _ = await c.post(f"/v1/learners/{key}/learn", payloads[rng.randrange(len(payloads))])
                 lat.append(time.perf_counter() - t0)
-                status[r.status_code] = status.get(r.status_code, 0) + 1
+                status[code] = status.get(code, 0) + 1
+        finally:
+            await c.close()
 
-        async def sampler() -> None:
-            t0 = time.perf_counter()
-            while rss is not None and time.perf_counter() < end:
-                samples.append((round(time.perf_counter() - t0, 1), round(rss(), 1)))
-                await asyncio.sleep(5)
-
+    async def sampler() -> None:
         t0 = time.perf_counter()
-        await asyncio.gather(sampler(), *(worker(i) for i in range(clients)))
-        elapsed = time.perf_counter() - t0
+        while rss is not None and time.perf_counter() < end:
+            samples.append((round(time.perf_counter() - t0, 1), round(rss(), 1)))
+            await asyncio.sleep(5)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(sampler(), *(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - t0
     ms = np.asarray(lat) * 1e3
     out = {
         "clients": clients,

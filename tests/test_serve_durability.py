@@ -163,3 +163,25 @@ def test_eviction_loses_nothing(tmp_path) -> None:
     for k, s in streams.items():
         assert svc.info(k)["state_sha256"] == reference_digest(s, A, B)[0]
     assert svc.delete("a") is True and svc.delete("a") is False
+
+
+def test_parallel_keys_group_commit_and_stay_exact(tmp_path) -> None:
+    """8 threads on 8 keys: appends share commits (group commit), and every key equals its reference."""
+    import threading
+
+    svc = Service(ServeConfig(n_features=A, n_classes=B, snapshot_every=6), open_store(tmp_path / "s.db"))
+    streams = {f"k{i}": examples(25, A, B, seed=10 + i) for i in range(8)}
+
+    def run(key: str) -> None:
+        for x, y in streams[key]:
+            svc.learn(key, x, y)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = svc.store
+    assert store.batched == 8 * 25 and store.commits <= store.batched  # type: ignore[attr-defined]
+    for key, s in streams.items():
+        assert svc.info(key)["state_sha256"] == reference_digest(s, A, B)[0]

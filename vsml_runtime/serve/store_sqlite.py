@@ -5,7 +5,9 @@ refuses a second process (two processes would each cache learners and
 interleave steps). Inside the process the service's per-key lock owns a key,
 so ``transaction(key)`` takes no lock itself: each operation is its own short
 SQLite transaction on the one connection, under a mutex, and different keys
-step in parallel while only their short writes queue here.
+step in parallel while only their short writes queue here. Appends that
+arrive while a commit is in progress share the next commit's fsync (group
+commit), so durable acknowledgements scale with concurrent clients.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .store import ConflictError, KeyTxn, Store, StoreError
@@ -51,18 +54,7 @@ class _SqliteTxn(KeyTxn):
         return Loaded(snapshot, snap_seq, [Record(int(s), bytes(x), bytes(y)) for s, x, y in rows])
 
     def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None) -> None:
-        seq = start + n
-        with self.store.atomic() as c:
-            head = _head(c, self.key)
-            if (head or 0) != start:
-                raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {start}")
-            c.execute("INSERT INTO records (key, seq, x, y) VALUES (?, ?, ?, ?)", (self.key, seq, x, y))
-            if head is None:
-                c.execute("INSERT INTO learners (key, head, snap_seq) VALUES (?, ?, 0)", (self.key, seq))
-            else:
-                c.execute("UPDATE learners SET head = ? WHERE key = ?", (seq, self.key))
-            if snapshot is not None:
-                _put_snapshot(c, self.key, seq, snapshot)
+        self.store.group_commit(_Write(self.key, start, start + n, x, y, snapshot))
 
     def snap_seq(self) -> int:
         with self.store.atomic() as c:
@@ -82,6 +74,32 @@ class _SqliteTxn(KeyTxn):
             for table in ("records", "snapshots", "learners"):
                 c.execute(f"DELETE FROM {table} WHERE key = ?", (self.key,))
         return existed
+
+
+@dataclass
+class _Write:
+    """One append waiting for a group commit."""
+
+    key: str
+    start: int
+    seq: int
+    x: bytes
+    y: bytes
+    snapshot: bytes | None
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    def apply(self, c: sqlite3.Connection) -> None:
+        head = _head(c, self.key)
+        if (head or 0) != self.start:
+            raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {self.start}")
+        c.execute("INSERT INTO records (key, seq, x, y) VALUES (?, ?, ?, ?)", (self.key, self.seq, self.x, self.y))
+        if head is None:
+            c.execute("INSERT INTO learners (key, head, snap_seq) VALUES (?, ?, 0)", (self.key, self.seq))
+        else:
+            c.execute("UPDATE learners SET head = ? WHERE key = ?", (self.seq, self.key))
+        if self.snapshot is not None:
+            _put_snapshot(c, self.key, self.seq, self.snapshot)
 
 
 def _put_snapshot(c: sqlite3.Connection, key: str, seq: int, data: bytes) -> None:
@@ -114,6 +132,9 @@ class SqliteStore(Store):
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
         self._mutex = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Write] = []
+        self.commits = self.batched = 0  # group commits, appends they carried
 
     @contextmanager
     def atomic(self) -> Iterator[sqlite3.Connection]:
@@ -136,6 +157,47 @@ class SqliteStore(Store):
             except sqlite3.Error as exc:
                 self._conn.execute("ROLLBACK")
                 raise StoreError(f"store {self.path}: commit failed: {exc}") from exc
+
+    def group_commit(self, write: _Write) -> None:
+        """Commit ``write`` durably, in one fsync with whatever other appends are queued (group commit).
+
+        Each thread queues its write and takes the mutex; the first to get it
+        commits every queued write in one transaction (a savepoint each, so
+        one write's conflict fails that write alone) and wakes the others.
+        """
+        with self._pending_lock:
+            self._pending.append(write)
+        with self._mutex:
+            if not write.done.is_set():
+                with self._pending_lock:
+                    batch, self._pending = self._pending, []
+                self._commit(batch)
+        if write.error is not None:
+            raise write.error
+
+    def _commit(self, batch: list[_Write]) -> None:
+        c = self._conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            for w in batch:
+                c.execute("SAVEPOINT one")
+                try:
+                    w.apply(c)
+                except (ConflictError, sqlite3.Error) as exc:
+                    c.execute("ROLLBACK TO one")
+                    w.error = exc if isinstance(exc, ConflictError) else StoreError(f"store {self.path}: {exc}")
+                c.execute("RELEASE one")
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            for w in batch:
+                w.error = w.error or StoreError(f"store {self.path}: commit failed: {exc}")
+        finally:
+            for w in batch:
+                w.done.set()
+        self.commits += 1
+        self.batched += len(batch)
 
     @contextmanager
     def transaction(self, key: str) -> Iterator[KeyTxn]:
