@@ -185,3 +185,13 @@ def test_parallel_keys_group_commit_and_stay_exact(tmp_path) -> None:
     assert store.batched == 8 * 25 and store.commits <= store.batched  # type: ignore[attr-defined]
     for key, s in streams.items():
         assert svc.info(key)["state_sha256"] == reference_digest(s, A, B)[0]
+
+
+def test_predict_rows_are_capped_by_memory(tmp_path) -> None:
+    """Predicting n rows tiles the state n times: at 784 x 10 (2 MB of state) about 33 rows (64 MiB)."""
+    svc = Service(ServeConfig(n_features=784, n_classes=10), open_store(tmp_path / "s.db"))
+    cap = svc.max_predict_rows
+    assert 30 <= cap <= 34
+    assert len(svc.predict("k", np.zeros((cap, 784)).tolist())["predictions"]) == cap
+    with pytest.raises(BadInput, match=f"1 to {cap} examples"):
+        svc.predict("k", np.zeros((cap + 1, 784)).tolist())

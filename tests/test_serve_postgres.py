@@ -93,3 +93,17 @@ def test_a_dead_replica_releases_its_keys(pg: str) -> None:
     assert r1.learn("k", *seen[1])["steps"] == 2
     assert r1.info("k")["state_sha256"] == reference_digest(seen[:2], A, B)[0]
     r1.store.close()
+
+
+def test_a_key_deleted_and_relearned_elsewhere_is_not_served_stale(pg: str) -> None:
+    """r1 caches k at 3 steps; r2 deletes k and learns 3 other examples: same head, new generation."""
+    r1, r2 = _replica(pg), _replica(pg)
+    old, new = examples(3, A, B, seed=1), examples(3, A, B, seed=2)
+    for x, y in old:
+        r1.learn("k", x, y)
+    assert r2.delete("k") is True
+    for x, y in new:
+        r2.learn("k", x, y)
+    assert r1.info("k")["state_sha256"] == reference_digest(new, A, B)[0]
+    r1.store.close()
+    r2.store.close()

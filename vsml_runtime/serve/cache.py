@@ -54,35 +54,38 @@ class KeyLocks:
             return len(self._locks)
 
 
+Entry = tuple[Learner, str]  # a learner and the generation of the key it belongs to
+
+
 class LearnerCache:
-    """At most ``capacity`` learners by key, least recently used evicted first."""
+    """At most ``capacity`` (learner, generation) entries by key, least recently used evicted first."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._items: OrderedDict[str, Learner] = OrderedDict()
+        self._items: OrderedDict[str, Entry] = OrderedDict()
         self._guard = threading.Lock()
         self.hits = 0
         self.misses = 0
         self.evictions = 0
 
-    def get(self, key: str) -> Learner | None:
-        """The cached learner of ``key`` (now most recently used), or None."""
+    def get(self, key: str) -> Entry | None:
+        """The cached (learner, generation) of ``key`` (now most recently used), or None."""
         with self._guard:
-            learner = self._items.get(key)
-            if learner is None:
+            entry = self._items.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-            return learner
+            return entry
 
-    def put(self, key: str, learner: Learner) -> list[tuple[str, Learner]]:
-        """Cache ``learner`` for ``key``; returns the least recently used ones evicted beyond ``capacity``."""
+    def put(self, key: str, learner: Learner, gen: str) -> list[tuple[str, Entry]]:
+        """Cache ``learner`` for ``key``; returns the least recently used entries evicted beyond ``capacity``."""
         evicted = []
         with self._guard:
-            self._items[key] = learner
+            self._items[key] = (learner, gen)
             self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 evicted.append(self._items.popitem(last=False))

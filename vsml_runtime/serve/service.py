@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +24,12 @@ from vsml_runtime.engine import INPUT_LIMIT
 from vsml_runtime.learner import Learner, pretrained_path
 
 from . import wal
-from .cache import KeyLocks, LearnerCache
+from .cache import Entry, KeyLocks, LearnerCache
 from .metrics import Metrics
 from .store import KeyTxn, Store, StoreError
 
 log = logging.getLogger("vsml_runtime.serve")
+PREDICT_MEMORY = 64 * 2**20  # bytes of tiled state one predict request may use
 SPARE_LEARNERS = 4  # evicted learner objects kept for reuse (saves building one per cache miss)
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 KEY_RULE = "1-128 characters from A-Z a-z 0-9 . _ : @ -, starting with a letter or digit"
@@ -114,6 +116,8 @@ class Service:
         state_bytes = sum(v.nbytes for v in probe.state_dict().values())
         self.learner_bytes = 2 * state_bytes  # the engine's input and output state buffers
         capacity = max(1, int(config.cache_mb * 2**20 // self.learner_bytes))
+        # predicting n rows tiles the state n times: keep that under PREDICT_MEMORY
+        self.max_predict_rows = max(1, min(config.max_predict_rows, PREDICT_MEMORY // state_bytes))
         self.cache = LearnerCache(capacity)
         self.locks = KeyLocks()
         self._spare: list[Learner] = [probe]
@@ -146,36 +150,45 @@ class Service:
         learner.reset()
         return learner
 
-    def _current(self, key: str, txn: KeyTxn, evicted: list[tuple[str, Learner]]) -> Learner:
-        """The key's learner at the store's head (cached, caught up or restored); what it evicts goes to ``evicted``."""
-        head = txn.head()
-        learner = self.cache.get(key)
-        if learner is not None and learner.steps == (head or 0):
-            return learner
-        if head is None:
-            learner = self._fresh()
-        elif learner is not None and learner.steps < head:
-            # another replica learned meanwhile: catch up (from a newer snapshot if it pruned the records)
-            self.metrics.inc("vsml_replayed_steps_total", wal.restore(learner, txn.load(since=learner.steps)))
-        else:
-            learner = self._fresh()
-            self.metrics.inc("vsml_replayed_steps_total", wal.restore(learner, txn.load()))
-        if learner.steps != (head or 0):
-            raise StoreError(f"key {key!r}: restored {learner.steps} steps, the store's head is {head}")
-        evicted.extend(self.cache.put(key, learner))
-        return learner
+    def _current(self, key: str, txn: KeyTxn, evicted: list[tuple[str, Entry]]) -> Entry:
+        """The key's (learner, generation) at the store's head: cached, caught up or restored.
 
-    def _retire(self, evicted: list[tuple[str, Learner]]) -> None:
+        Entries it evicts from the cache go to ``evicted``. An unknown key gets
+        a fresh learner and a new generation (written with its first record).
+        """
+        head = txn.head_gen()
+        entry = self.cache.get(key)
+        if head is None:
+            if entry is not None and entry[0].steps == 0:
+                return entry
+            learner, gen = self._fresh(), uuid.uuid4().hex
+        else:
+            seq, gen = head
+            learner = entry[0] if entry is not None and entry[1] == gen else None
+            if learner is not None and learner.steps == seq:
+                return learner, gen
+            if learner is not None and learner.steps < seq:
+                # another replica learned meanwhile: catch up (from a newer snapshot if it pruned the records)
+                self.metrics.inc("vsml_replayed_steps_total", wal.restore(learner, txn.load(since=learner.steps)))
+            else:
+                learner = self._fresh()
+                self.metrics.inc("vsml_replayed_steps_total", wal.restore(learner, txn.load()))
+            if learner.steps != seq:
+                raise StoreError(f"key {key!r}: restored {learner.steps} steps, the store's head is {seq}")
+        evicted.extend(self.cache.put(key, learner, gen))
+        return learner, gen
+
+    def _retire(self, evicted: list[tuple[str, Entry]]) -> None:
         """Snapshot evicted learners that are ahead of their stored snapshot, then keep a few for reuse.
 
         Runs after the request released its own key, so two requests never
         wait for each other's keys. Failures only cost a longer replay later.
         """
-        for key, learner in evicted:
+        for key, (learner, gen) in evicted:
             try:
                 with self.locks.hold(key), self.store.transaction(key) as txn:
-                    ahead = txn.head() == learner.steps and txn.snap_seq() < learner.steps
-                    if ahead and txn.snapshot(learner.steps, wal.snapshot_bytes(learner)):
+                    ahead = txn.head_gen() == (learner.steps, gen) and txn.snap_seq() < learner.steps
+                    if ahead and txn.snapshot(learner.steps, gen, wal.snapshot_bytes(learner)):
                         self.metrics.inc("vsml_snapshots_total")
             except StoreError as exc:
                 self.metrics.inc("vsml_store_errors_total")
@@ -195,7 +208,7 @@ class Service:
         check_key(key)
         xs, single = as_inputs(x, self.config.n_features, self.config.max_batch)
         ys = as_labels(y, xs.shape[0], self.config.n_classes, single)
-        evicted: list[tuple[str, Learner]] = []
+        evicted: list[tuple[str, Entry]] = []
         try:
             out = self._learn(key, xs, ys, single, evicted)
         finally:
@@ -203,18 +216,18 @@ class Service:
         return out
 
     def _learn(
-        self, key: str, xs: np.ndarray, ys: np.ndarray, single: bool, evicted: list[tuple[str, Learner]]
+        self, key: str, xs: np.ndarray, ys: np.ndarray, single: bool, evicted: list[tuple[str, Entry]]
     ) -> dict[str, Any]:
         with self.locks.hold(key):
             try:
                 with self.store.transaction(key) as txn:
-                    learner = self._current(key, txn, evicted)
+                    learner, gen = self._current(key, txn, evicted)
                     start = learner.steps
                     preds, logits = learner.learn_stream(xs, ys, return_logits=True)
                     k = self.config.snapshot_every
                     due = k > 0 and (start + len(ys)) // k > start // k
                     bx, by = wal.encode(xs, ys)
-                    txn.append(start, bx, by, len(ys), wal.snapshot_bytes(learner) if due else None)
+                    txn.append(start, bx, by, len(ys), wal.snapshot_bytes(learner) if due else None, gen)
                 steps = learner.steps
             except BaseException:
                 self.cache.drop(key)  # whatever it holds may not be durable
@@ -232,11 +245,11 @@ class Service:
     def predict(self, key: str, x: Any) -> dict[str, Any]:
         """Predictions and class probabilities for x ([A] or [n, A]) from the key's current state; no change."""
         check_key(key)
-        xs, single = as_inputs(x, self.config.n_features, self.config.max_predict_rows)
-        evicted: list[tuple[str, Learner]] = []
+        xs, single = as_inputs(x, self.config.n_features, self.max_predict_rows)
+        evicted: list[tuple[str, Entry]] = []
         try:
             with self.locks.hold(key), self.store.transaction(key) as txn:
-                learner = self._current(key, txn, evicted)
+                learner, _ = self._current(key, txn, evicted)
                 preds, logits = learner.predict(xs, return_logits=True)
                 steps = learner.steps
         finally:
@@ -249,12 +262,12 @@ class Service:
     def info(self, key: str) -> dict[str, Any]:
         """Steps, model digest, sizes and a digest of the learned state; NotFound for an unknown key."""
         check_key(key)
-        evicted: list[tuple[str, Learner]] = []
+        evicted: list[tuple[str, Entry]] = []
         try:
             with self.locks.hold(key), self.store.transaction(key) as txn:
-                if txn.head() is None:
+                if txn.head_gen() is None:
                     raise NotFound(key)
-                learner = self._current(key, txn, evicted)
+                learner, _ = self._current(key, txn, evicted)
                 digest = wal.state_digest(learner)
                 steps = learner.steps
         finally:

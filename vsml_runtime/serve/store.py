@@ -1,6 +1,8 @@
 """The store interface: per-key transactions over records, snapshots and heads.
 
-A store keeps, per key, the ``head`` (steps durable), the latest snapshot and
+A store keeps, per key, the ``head`` (steps durable), a *generation* (a random
+id given when the key is created, so a key deleted and learned again is never
+mistaken for its former self by a replica's cache), the latest snapshot and
 the records after it (``vsml_runtime.serve.wal``). All access to one key goes
 through ``store.transaction(key)``, a context manager yielding a ``KeyTxn``;
 its writes are durable when the ``with`` block exits without an exception
@@ -46,14 +48,19 @@ class KeyTxn(abc.ABC):
         """Steps durable for the key, or None when the store has never seen it."""
 
     @abc.abstractmethod
+    def head_gen(self) -> tuple[int, str] | None:
+        """(steps durable, generation) of the key, or None when the store has never seen it."""
+
+    @abc.abstractmethod
     def load(self, since: int | None = None) -> Loaded:
         """Snapshot + records after it; with ``since`` >= the snapshot's seq, only the records after ``since``."""
 
     @abc.abstractmethod
-    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None) -> None:
-        """Add the record of ``n`` steps after ``start`` (ConflictError unless head == start).
+    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None, gen: str) -> None:
+        """Add the record of ``n`` steps after ``start`` (ConflictError unless (head, generation) == (start, gen)).
 
-        With ``snapshot`` (the state at ``start + n``), store it and drop the
+        The first record of a key creates it with generation ``gen``. With
+        ``snapshot`` (the state at ``start + n``), store it and drop the
         records it covers.
         """
 
@@ -62,10 +69,10 @@ class KeyTxn(abc.ABC):
         """The step count of the key's latest snapshot (0 if none)."""
 
     @abc.abstractmethod
-    def snapshot(self, seq: int, data: bytes) -> bool:
-        """Store ``data`` as the snapshot at ``seq`` and drop the records it covers, if ``seq`` is the head.
+    def snapshot(self, seq: int, gen: str, data: bytes) -> bool:
+        """Store ``data`` as the snapshot at ``seq`` and drop the records it covers, if (seq, gen) is the head.
 
-        Returns False (and writes nothing) when the head has moved on.
+        Returns False (and writes nothing) when the head has moved on or the key was re-created.
         """
 
     @abc.abstractmethod

@@ -31,7 +31,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError('the PostgreSQL store needs psycopg: pip install "vsml[serve]"') from exc
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS vsml_learners (key TEXT PRIMARY KEY, head BIGINT NOT NULL, snap_seq BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS vsml_learners (key TEXT PRIMARY KEY, head BIGINT NOT NULL, snap_seq BIGINT NOT NULL,
+                                          gen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vsml_snapshots (key TEXT PRIMARY KEY, seq BIGINT NOT NULL, state BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS vsml_records (key TEXT NOT NULL, seq BIGINT NOT NULL, x BYTEA NOT NULL, y BYTEA NOT NULL,
                                          PRIMARY KEY (key, seq));
@@ -51,6 +52,10 @@ class _PgTxn(KeyTxn):
         row = self.conn.execute("SELECT head FROM vsml_learners WHERE key = %s", (self.key,)).fetchone()
         return None if row is None else int(row[0])
 
+    def head_gen(self) -> tuple[int, str] | None:
+        row = self.conn.execute("SELECT head, gen FROM vsml_learners WHERE key = %s", (self.key,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
     def load(self, since: int | None = None) -> Loaded:
         row = self.conn.execute("SELECT seq, state FROM vsml_snapshots WHERE key = %s", (self.key,)).fetchone()
         snap_seq = 0 if row is None else int(row[0])
@@ -63,14 +68,14 @@ class _PgTxn(KeyTxn):
         ).fetchall()
         return Loaded(snapshot, snap_seq, [Record(int(s), bytes(x), bytes(y)) for s, x, y in rows])
 
-    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None) -> None:
-        head = self.head()
-        if (head or 0) != start:
-            raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {start}")
+    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None, gen: str) -> None:
+        head = self.head_gen()
+        if (head is None and start != 0) or (head is not None and head != (start, gen)):
+            raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {(start, gen)}")
         seq, c, k = start + n, self.conn, self.key
         c.execute("INSERT INTO vsml_records (key, seq, x, y) VALUES (%s, %s, %s, %s)", (k, seq, x, y))
         if head is None:
-            c.execute("INSERT INTO vsml_learners (key, head, snap_seq) VALUES (%s, %s, 0)", (k, seq))
+            c.execute("INSERT INTO vsml_learners (key, head, snap_seq, gen) VALUES (%s, %s, 0, %s)", (k, seq, gen))
         else:
             c.execute("UPDATE vsml_learners SET head = %s WHERE key = %s", (seq, k))
         if snapshot is not None:
@@ -90,8 +95,8 @@ class _PgTxn(KeyTxn):
         row = self.conn.execute("SELECT snap_seq FROM vsml_learners WHERE key = %s", (self.key,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def snapshot(self, seq: int, data: bytes) -> bool:
-        if self.head() != seq:
+    def snapshot(self, seq: int, gen: str, data: bytes) -> bool:
+        if self.head_gen() != (seq, gen):
             return False
         self._put_snapshot(seq, data)
         return True

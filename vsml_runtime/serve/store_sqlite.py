@@ -25,7 +25,8 @@ from .store import ConflictError, KeyTxn, Store, StoreError
 from .wal import Loaded, Record
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS learners (key TEXT PRIMARY KEY, head INTEGER NOT NULL, snap_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS learners (key TEXT PRIMARY KEY, head INTEGER NOT NULL, snap_seq INTEGER NOT NULL,
+                                     gen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS records (key TEXT NOT NULL, seq INTEGER NOT NULL, x BLOB NOT NULL, y BLOB NOT NULL,
                                     PRIMARY KEY (key, seq));
@@ -40,6 +41,10 @@ class _SqliteTxn(KeyTxn):
         with self.store.atomic() as c:
             return _head(c, self.key)
 
+    def head_gen(self) -> tuple[int, str] | None:
+        with self.store.atomic() as c:
+            return _head_gen(c, self.key)
+
     def load(self, since: int | None = None) -> Loaded:
         with self.store.atomic() as c:
             row = c.execute("SELECT seq, state FROM snapshots WHERE key = ?", (self.key,)).fetchone()
@@ -53,17 +58,17 @@ class _SqliteTxn(KeyTxn):
             ).fetchall()
         return Loaded(snapshot, snap_seq, [Record(int(s), bytes(x), bytes(y)) for s, x, y in rows])
 
-    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None) -> None:
-        self.store.group_commit(_Write(self.key, start, start + n, x, y, snapshot))
+    def append(self, start: int, x: bytes, y: bytes, n: int, snapshot: bytes | None, gen: str) -> None:
+        self.store.group_commit(_Write(self.key, start, start + n, x, y, snapshot, gen))
 
     def snap_seq(self) -> int:
         with self.store.atomic() as c:
             row = c.execute("SELECT snap_seq FROM learners WHERE key = ?", (self.key,)).fetchone()
         return 0 if row is None else int(row[0])
 
-    def snapshot(self, seq: int, data: bytes) -> bool:
+    def snapshot(self, seq: int, gen: str, data: bytes) -> bool:
         with self.store.atomic() as c:
-            if _head(c, self.key) != seq:
+            if _head_gen(c, self.key) != (seq, gen):
                 return False
             _put_snapshot(c, self.key, seq, data)
         return True
@@ -86,16 +91,19 @@ class _Write:
     x: bytes
     y: bytes
     snapshot: bytes | None
+    gen: str
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
     def apply(self, c: sqlite3.Connection) -> None:
-        head = _head(c, self.key)
-        if (head or 0) != self.start:
-            raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {self.start}")
+        head = _head_gen(c, self.key)
+        if (head is None and self.start != 0) or (head is not None and head != (self.start, self.gen)):
+            raise ConflictError(f"key {self.key!r}: log head is {head}, writer expected {(self.start, self.gen)}")
         c.execute("INSERT INTO records (key, seq, x, y) VALUES (?, ?, ?, ?)", (self.key, self.seq, self.x, self.y))
         if head is None:
-            c.execute("INSERT INTO learners (key, head, snap_seq) VALUES (?, ?, 0)", (self.key, self.seq))
+            c.execute(
+                "INSERT INTO learners (key, head, snap_seq, gen) VALUES (?, ?, 0, ?)", (self.key, self.seq, self.gen)
+            )
         else:
             c.execute("UPDATE learners SET head = ? WHERE key = ?", (self.seq, self.key))
         if self.snapshot is not None:
@@ -106,6 +114,11 @@ def _put_snapshot(c: sqlite3.Connection, key: str, seq: int, data: bytes) -> Non
     c.execute("INSERT OR REPLACE INTO snapshots (key, seq, state) VALUES (?, ?, ?)", (key, seq, data))
     c.execute("DELETE FROM records WHERE key = ? AND seq <= ?", (key, seq))
     c.execute("UPDATE learners SET snap_seq = ? WHERE key = ?", (seq, key))
+
+
+def _head_gen(c: sqlite3.Connection, key: str) -> tuple[int, str] | None:
+    row = c.execute("SELECT head, gen FROM learners WHERE key = ?", (key,)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
 
 
 def _head(c: sqlite3.Connection, key: str) -> int | None:
