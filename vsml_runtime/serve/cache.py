@@ -4,8 +4,9 @@ Memory bound: the cache holds at most ``capacity`` learners; the service
 sizes it as ``--cache-mb`` divided by one learner's resident size (about
 twice its state: the engine keeps an input and an output copy; 4.3 MiB at
 784 x 10, 45 KiB at 20 x 4). Learners being stepped right now by a request
-may sit outside the cache for the request's duration, so the bound on
-learner memory is ``(capacity + worker threads) x learner size``.
+may sit outside the cache for the request's duration, and the service keeps
+4 evicted ones for reuse, so the bound on learner memory is
+``(capacity + worker threads + 4) x learner size``.
 
 Evicting loses nothing: every acknowledged step is already in the store,
 and a key that comes back is restored from its snapshot and records. (The
