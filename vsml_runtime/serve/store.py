@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -96,9 +95,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections and locks."""
-
-    def keys(self) -> Iterator[str]:  # pragma: no cover - optional
-        raise NotImplementedError
 
 
 def redact(url: str) -> str:
