@@ -198,7 +198,8 @@ def run_load(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     rows = []
     for size in args.sizes.split(","):
         a, b = (int(v) for v in size.split("x"))
-        srv = Server(f"sqlite:///{tmp}/load-{size}.db", a, b, tmp / "load.log", ["--threads", str(args.threads)])
+        extra = ["--threads", str(args.threads), "--cache-mb", str(args.cache_mb)]
+        srv = Server(f"sqlite:///{tmp}/load-{size}.db", a, b, tmp / "load.log", extra)
         srv.start()
         try:
             asyncio.run(load(srv.base, a, b, args.keys, 8, args.warmup))  # touch the keys, fill the cache
@@ -206,7 +207,11 @@ def run_load(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                 hits0, miss0 = srv.metric("vsml_cache_hits_total"), srv.metric("vsml_cache_misses_total")
                 row = asyncio.run(load(srv.base, a, b, args.keys, clients, args.seconds))
                 hits, miss = srv.metric("vsml_cache_hits_total") - hits0, srv.metric("vsml_cache_misses_total") - miss0
-                row.update(size=size, keys=args.keys, cache_hit_rate=round(hits / max(1, hits + miss), 3))
+                row.update(size=size, keys=args.keys, cache_mb=args.cache_mb)
+                row.update(
+                    cache_capacity=srv.metric("vsml_cache_capacity"),
+                    cache_hit_rate=round(hits / max(1, hits + miss), 3),
+                )
                 row["rss_mib_after"] = round(srv.rss_mib(), 1)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -217,7 +222,8 @@ def run_load(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 def run_soak(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     a, b = 784, 10
-    srv = Server(f"sqlite:///{tmp}/soak.db", a, b, tmp / "soak.log", ["--threads", str(args.threads)])
+    extra = ["--threads", str(args.threads), "--cache-mb", str(args.cache_mb)]
+    srv = Server(f"sqlite:///{tmp}/soak.db", a, b, tmp / "soak.log", extra)
     srv.start()
     try:
         row = asyncio.run(load(srv.base, a, b, args.keys, 8, args.soak_seconds, rss=srv.rss_mib))
@@ -356,7 +362,8 @@ def run_faults(args: argparse.Namespace, tmp: Path, store: str, replicas: int) -
     try:
         downtimes = asyncio.run(main())
         elapsed = time.perf_counter() - t0
-        checks = verify(servers[0].base, a, b, ledger)
+        per_replica = [verify(s.base, a, b, ledger) for s in servers]  # every replica must agree
+        checks = {k: max(c[k] for c in per_replica) for k in per_replica[0]}
     finally:
         for s in servers:
             s.stop()
@@ -393,6 +400,7 @@ def main() -> None:
     p.add_argument("--fault-clients", type=int, default=16)
     p.add_argument("--fault-cache-mb", type=float, default=16.0, help="small: the fault run also exercises eviction")
     p.add_argument("--threads", type=int, default=4, help="server worker threads")
+    p.add_argument("--cache-mb", type=float, default=1024.0, help="server --cache-mb for load and soak (its default)")
     p.add_argument("--postgres", default=None, help="PostgreSQL URL (default: start a throwaway local cluster)")
     p.add_argument("--json", default=None, help="write all results here")
     args = p.parse_args()
