@@ -5,7 +5,7 @@
 trust auth (nobody else can reach it), and returns the URL of a fresh
 database. As root it runs the server as the ``postgres`` user (initdb
 refuses root). ``python -m tests.pg_server start DIR`` prints the URL (CI
-exports it as ``VSML_TEST_POSTGRES_URL``); ``stop DIR`` ends it.
+exports it as ``VSML_TEST_POSTGRES_URL``); ``stop DIR`` ends it and deletes DIR.
 """
 
 from __future__ import annotations
@@ -81,18 +81,19 @@ def start(folder: str | os.PathLike[str], timeout_s: float = 60.0) -> str:
     return url
 
 
-def stop(folder: str | os.PathLike[str]) -> None:
-    """Stop the cluster started in ``folder`` (fast shutdown)."""
+def stop(folder: str | os.PathLike[str], remove: bool = True) -> None:
+    """Stop the cluster started in ``folder`` (fast shutdown) and, with ``remove``, delete the folder."""
     bindir = find_bin()
     data = Path(folder).resolve() / "data"
-    if bindir is None or not data.exists():
-        return
-    subprocess.run(
-        _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-    )
+    if bindir is not None and data.exists():
+        subprocess.run(
+            _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
