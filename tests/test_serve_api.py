@@ -16,7 +16,7 @@ pytest.importorskip("httpx")
 from tests.serve_helpers import examples, reference_digest
 from vsml_runtime.serve.app import make_app
 from vsml_runtime.serve.service import ServeConfig, Service
-from vsml_runtime.serve.store import open_store
+from vsml_runtime.serve.stores import open_store
 
 A, B = 20, 4
 TOKEN = "s3cret-token-0123456789"

@@ -11,7 +11,8 @@ from tests.serve_helpers import examples, reference_digest
 from vsml_runtime import Learner
 from vsml_runtime.serve import wal
 from vsml_runtime.serve.service import BadInput, ServeConfig, Service
-from vsml_runtime.serve.store import StoreError, open_store
+from vsml_runtime.serve.store import StoreError
+from vsml_runtime.serve.stores import open_store
 
 A, B = 20, 4
 

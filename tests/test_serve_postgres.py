@@ -10,8 +10,9 @@ pytest.importorskip("psycopg")
 
 from tests.serve_helpers import examples, fresh_database, postgres_url, reference_digest
 from vsml_runtime.serve.service import ServeConfig, Service
-from vsml_runtime.serve.store import BusyError, open_store
+from vsml_runtime.serve.store import BusyError
 from vsml_runtime.serve.store_postgres import lock_id
+from vsml_runtime.serve.stores import open_store
 
 A, B = 20, 4
 

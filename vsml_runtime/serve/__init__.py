@@ -14,6 +14,6 @@ PostgreSQL). Modules:
 from __future__ import annotations
 
 from .service import ServeConfig, Service
-from .store import open_store
+from .stores import open_store
 
 __all__ = ["ServeConfig", "Service", "open_store"]

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from .auth import read_token
 from .metrics import Metrics
 from .service import ServeConfig, Service
-from .store import StoreError, open_store
+from .store import StoreError
+from .stores import open_store
 
 log = logging.getLogger("vsml_runtime.serve")
 

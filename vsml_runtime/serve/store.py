@@ -20,7 +20,6 @@ its writes are durable when the ``with`` block exits without an exception
 from __future__ import annotations
 
 import abc
-import os
 from contextlib import AbstractContextManager
 from urllib.parse import urlsplit, urlunsplit
 
@@ -105,25 +104,3 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def open_store(url: str | os.PathLike[str], *, pool_size: int = 8, lock_timeout_s: float = 10.0) -> Store:
-    """A store from its URL: ``sqlite:///file.db``, a plain file path, or ``postgresql://...``."""
-    url = os.fspath(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from .store_postgres import PostgresStore
-
-        return PostgresStore(url, pool_size=pool_size, lock_timeout_s=lock_timeout_s)
-    if url.startswith("sqlite://"):
-        path = url[len("sqlite://") :]
-        if path.startswith("/"):
-            path = path[1:]  # sqlite:///rel.db -> rel.db, sqlite:////abs.db -> /abs.db
-        if not path:
-            raise ValueError(f"store URL {url!r} names no file")
-    elif "://" in url:
-        raise ValueError(f"unknown store {url!r}: use sqlite:///FILE or postgresql://...")
-    else:
-        path = url
-    from .store_sqlite import SqliteStore
-
-    return SqliteStore(path)
