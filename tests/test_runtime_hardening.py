@@ -72,14 +72,18 @@ def test_ordinary_inputs_standardise_as_before(onnx_path: Path) -> None:
 # -- 2. predict(x[n, A]) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tile_bytes", [1, 40_000, base.PREDICT_TILE_BYTES], ids=["row-by-row", "chunks", "default"])
-def test_predict_many_rows_in_bounded_tiles(onnx_path: Path, monkeypatch: pytest.MonkeyPatch, tile_bytes: int) -> None:
-    monkeypatch.setattr(base, "PREDICT_TILE_BYTES", tile_bytes)
+@pytest.mark.parametrize("rows_per_call", [1, 5, None], ids=["row-by-row", "chunks-of-5", "default"])
+def test_predict_many_rows_in_bounded_tiles(onnx_path: Path, monkeypatch: pytest.MonkeyPatch, rows_per_call) -> None:
     learner = Learner(onnx_path, A, B, standardize="online")
+    per_row = 4 * learner._engine.state_numbers
+    tile_bytes = (
+        base.PREDICT_TILE_BYTES if rows_per_call is None else per_row * (1 + limits.WORKING_FACTOR) * rows_per_call
+    )
+    monkeypatch.setattr(base, "PREDICT_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(base, "PREDICT_TILE_ROW_BYTES", 1 << 30)
     rng = np.random.default_rng(1)
     learner.learn_stream(rng.standard_normal((5, A)), rng.integers(0, B, 5))
     x = rng.standard_normal((37, A))
-    per_row = 4 * learner._engine.state_numbers
     biggest: list[int] = []
     run = learner._engine.run_explicit
 
@@ -91,7 +95,12 @@ def test_predict_many_rows_in_bounded_tiles(onnx_path: Path, monkeypatch: pytest
     before = _state(learner)
     preds, logits = learner.predict(x, return_logits=True)
     assert _same(before, _state(learner)) and preds.shape == (37,) and logits.shape == (37, B)
-    assert max(biggest, default=0) <= max(tile_bytes, per_row)
+    if rows_per_call == 1:
+        assert not biggest  # one row at a time through the bound buffers: no state copies at all
+    else:
+        assert biggest and max(biggest) <= tile_bytes // (1 + limits.WORKING_FACTOR)
+    if rows_per_call == 5:
+        assert len(biggest) == 8  # ceil(37 / 5) calls
     singles = np.stack([learner.predict(row, return_logits=True)[1] for row in x])
     np.testing.assert_allclose(logits, singles, rtol=1e-5, atol=1e-6)
 

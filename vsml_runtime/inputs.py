@@ -136,12 +136,13 @@ class Standardizer:
         if self.mode == "none":
             return x
         x = self.raw(x)
-        if self.mode == "fixed":
-            assert self.fixed is not None
-            return (x - self.fixed[0]) / self.fixed[1]
-        count, mean, m2 = stats if stats is not None else (self.count[rows], self.mean[rows], self.m2[rows])
-        var = m2 / np.maximum(count, 1.0)[:, None]
-        return (x - mean[:, None, :]) / np.sqrt(var + 1e-6)[:, None, :]
+        with np.errstate(over="ignore"):  # an overflow to +-inf is clipped to +-INPUT_LIMIT next
+            if self.mode == "fixed":
+                assert self.fixed is not None
+                return (x - self.fixed[0]) / self.fixed[1]
+            count, mean, m2 = stats if stats is not None else (self.count[rows], self.mean[rows], self.m2[rows])
+            var = m2 / np.maximum(count, 1.0)[:, None]
+            return (x - mean[:, None, :]) / np.sqrt(var + 1e-6)[:, None, :]
 
     def commit(self, stats: tuple[np.ndarray, np.ndarray, np.ndarray], rows: Any) -> None:
         self.count[rows], self.mean[rows], self.m2[rows] = stats
