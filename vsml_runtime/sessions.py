@@ -6,6 +6,13 @@ step, A inputs, B classes, H1.. hidden sizes.
 * ``load_model`` opens ``model.onnx`` and its init graph, checks that they
   belong together and picks the device ("auto": CUDA when it really comes
   up, else CPU; "cuda": CUDA or an error, never a silent CPU fallback).
+  Before ONNX Runtime parses anything it verifies the step digest
+  (``vsml_runtime.digest``) and finds the init graph by the sha256 the step
+  records (``model.init.onnx``, or the ``.next`` an interrupted export
+  left); after, it checks that both graphs have exactly the inputs, outputs
+  and fixed sizes their metadata names. Every bad file raises
+  ``FormatError``; ONNX Runtime's own fallback (and its stdout banner) is
+  off.
 * ``specialised`` gives a session of the same step graph with every
   symbolic size fixed (``add_free_dimension_override_by_name``): ONNX Runtime
   then folds all shape arithmetic and the E > 1 test away at load time, which
