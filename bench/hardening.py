@@ -50,6 +50,11 @@ class Tally:
     def __init__(self) -> None:
         self.rows: dict[str, list[int]] = {}
         self.failures: list[str] = []
+        self.outcomes: dict[str, dict[str, int]] = {}  # per family: how the handled cases ended
+
+    def outcome(self, family: str, how: str) -> None:
+        counts = self.outcomes.setdefault(family, {})
+        counts[how] = counts.get(how, 0) + 1
 
     def add(self, family: str, handled: bool, intact: bool, what: str = "") -> None:
         row = self.rows.setdefault(family, [0, 0, 0])
@@ -241,8 +246,10 @@ def state_files(tally: Tally, model: Path, folder: Path, quick: bool) -> None:
         try:
             Learner.load(bad)
             handled = True  # a flip nobody reads (zip padding, a meta detail) still gives a valid learner
+            tally.outcome(family, "loaded")
         except FormatError:
             handled = True
+            tally.outcome(family, "FormatError")
         except Exception as exc:
             handled = False
             family = f"{family}"
@@ -329,17 +336,18 @@ def model_files(tally: Tally, model: Path, folder: Path, quick: bool) -> None:
             cases.append(bytes(flipped))
         for case in cases:
             which.write_bytes(case)
+            family = f"model file: {which.name.split('.', 1)[1]} flips/truncations"
             try:
                 Learner(step, A, B)
                 handled = True
+                tally.outcome(family, "loaded")
             except FormatError:
                 handled = True
+                tally.outcome(family, "FormatError")
             except Exception as exc:
                 handled = False
                 tally.failures.append(f"model file: {type(exc).__name__}: {exc}")
-            tally.add(
-                f"model file: {which.name.split('.', 1)[1]} flips/truncations", handled, which.read_bytes() == case
-            )
+            tally.add(family, handled, which.read_bytes() == case)
 
 
 def sigkilled_saves(tally: Tally, model: Path, folder: Path, kills: int) -> None:
@@ -528,11 +536,14 @@ def main() -> None:
             print(f"{name}: {time.perf_counter() - t1:.1f} s", flush=True)
     print()
     print(tally.table())
+    for family, counts in tally.outcomes.items():
+        print(f"  {family}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"\n{time.perf_counter() - t0:.0f} s; failures: {len(tally.failures)}")
     for line in tally.failures[:30]:
         print("  FAIL", line)
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": tally.rows, "failures": tally.failures}, indent=1))
+        out = {"rows": tally.rows, "outcomes": tally.outcomes, "failures": tally.failures}
+        Path(args.json).write_text(json.dumps(out, indent=1))
     sys.exit(1 if tally.failures else 0)
 
 
