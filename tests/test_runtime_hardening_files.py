@@ -318,3 +318,15 @@ def test_vsml_train_misuse_gives_one_line_errors(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "add --resume" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(cli, ["--resume"])
     assert res.exit_code == 2 and "--out" in res.output
+
+
+def test_large_folders_are_listed_at_most_once_per_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(files, "LARGE_FOLDER", 3)
+    for i in range(5):
+        (tmp_path / f"user{i}.npz").write_bytes(b"x")
+    stale = tmp_path / f".user0.npz.{files._host_tag()}.{_dead_pid()}.00000000.tmp"
+    files.atomic_write_bytes(tmp_path / "user0.npz", b"1")  # lists the folder: 5 entries, "large"
+    stale.write_bytes(b"x")
+    files.atomic_write_bytes(tmp_path / "user0.npz", b"2")  # within the interval: not listed again
+    assert stale.exists()
+    assert files.clean_stale_temps(tmp_path / "user0.npz", force=True) == [stale] and not stale.exists()

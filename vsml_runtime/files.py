@@ -16,7 +16,8 @@ graphs of a model) and ``vsml_train`` (model files, checkpoints, datasets).
 * Temp files are named ``.<name>.<host>.<pid>.<token>.tmp``; each write
   first removes the temp files of the same target whose writer is gone
   (its process has exited on this host, or the file is older than
-  ``STALE_AFTER_S``), so SIGKILLed saves do not fill the disk.
+  ``STALE_AFTER_S``), so SIGKILLed saves do not fill the disk. (Folders of
+  more than ``LARGE_FOLDER`` files are listed at most once a minute.)
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ __all__ = [
 ]
 
 STALE_AFTER_S = 6 * 3600  # a temp file this old is stale whoever wrote it
+LARGE_FOLDER = 10_000  # entries: a folder this large is listed for stale temps at most once per interval
+CLEAN_INTERVAL_S = 60.0
 STAGED_SUFFIX = ".next"
 
 _ACTIVE: set[str] = set()  # temp files this process is writing right now
 _ACTIVE_LOCK = threading.Lock()
+_LISTED: dict[str, tuple[float, int]] = {}  # folder -> (time of its last listing, entries then)
 
 
 def _host_tag() -> str:
@@ -107,24 +111,42 @@ def _is_stale(tmp: Path, prefix: str, host: str, now: float) -> bool:
     return not _pid_alive(pid)
 
 
-def clean_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temp files of ``path`` whose writer is gone (see the module doc); returns those removed."""
+def clean_stale_temps(path: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
+    """Remove the temp files of ``path`` whose writer is gone (see the module doc); returns those removed.
+
+    Finding them lists the folder. A folder that held more than
+    ``LARGE_FOLDER`` entries at its last listing (e.g. one state file per
+    user) is listed at most once per ``CLEAN_INTERVAL_S`` per process, so
+    saves stay cheap; ``force`` lists it anyway.
+    """
     target = Path(path)
     folder = target.parent
+    key = str(folder.resolve()) if folder.exists() else str(folder)
+    now = time.time()
+    with _ACTIVE_LOCK:
+        last, size = _LISTED.get(key, (0.0, 0))
+    if not force and size > LARGE_FOLDER and now - last < CLEAN_INTERVAL_S:
+        return []
     prefix = f".{target.name}."
-    host, now = _host_tag(), time.time()
+    host = _host_tag()
     removed = []
+    count = 0
     try:
-        entries = list(folder.iterdir())
+        with os.scandir(folder) as it:
+            for entry in it:
+                count += 1
+                name = entry.name
+                if not (name.startswith(prefix) and name.endswith(".tmp")):
+                    continue
+                tmp = folder / name
+                if _is_stale(tmp, prefix, host, now):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
+                        removed.append(tmp)
     except OSError:
         return removed
-    for tmp in entries:
-        name = tmp.name
-        if not (name.startswith(prefix) and name.endswith(".tmp")) or not _is_stale(tmp, prefix, host, now):
-            continue
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
+    with _ACTIVE_LOCK:
+        _LISTED[key] = (now, count)
     return removed
 
 
