@@ -284,3 +284,20 @@ def test_threads_within_the_bound_work(onnx_path: Path) -> None:
     assert limits.max_threads() >= limits.MAX_THREADS
     learner = Learner(onnx_path, A, B, threads=np.int64(2))
     assert learner.learn(np.ones(A), 0) in range(B)
+
+
+def test_pool_subsets_run_in_chunks_like_the_whole_pool(onnx_path: Path) -> None:
+    """learners=[...] steps at most ``chunk`` learners per ONNX Runtime call (bounded working memory)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((4, A)), rng.integers(0, B, 4)
+    one = LearnerPool(onnx_path, 5, A, B, chunk=1)
+    whole = LearnerPool(onnx_path, 5, A, B, chunk=5)
+    calls: list[int] = []
+    run = one._engine.run_explicit
+    one._engine.run_explicit = lambda s, xx, yy: (calls.append(len(xx)), run(s, xx, yy))[1]  # type: ignore[method-assign]
+    a = one.learn(x, y, learners=[4, 0, 2, 1], return_logits=True)[1]
+    b = whole.learn(x, y, learners=[4, 0, 2, 1], return_logits=True)[1]
+    assert calls == [1, 1, 1, 1]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(_state(one)["state.c_0"], _state(whole)["state.c_0"], atol=1e-6)
+    assert one.steps.tolist() == [1, 1, 1, 0, 1]

@@ -150,12 +150,22 @@ class LearnerBase:
         return logits
 
     def _step_rows(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray, commit: bool) -> np.ndarray:
-        """Like ``_step_all`` for a subset of learners (explicit state round trip)."""
+        """Like ``_step_all`` for a subset of learners (explicit state round trip, ``chunk`` learners per call).
+
+        Nothing is committed before every chunk has run, so a failure changes nothing.
+        """
+        eng = self._engine
         x32, stats = self._prepare(x, rows, update=commit)
-        state = self._engine.get_state(rows)
-        new_state, logits = self._engine.run_explicit(state, x32, y)
+        parts: list[tuple[dict[str, np.ndarray], np.ndarray]] = []
+        for i in range(0, len(rows), eng.chunk):
+            sub = slice(i, i + eng.chunk)
+            parts.append(eng.run_explicit(eng.get_state(rows[sub]), x32[sub], y[sub]))
+        logits = parts[0][1] if len(parts) == 1 else np.concatenate([lg for _, lg in parts])
         if commit:
-            self._engine.set_state(new_state, rows)
+            new_state = parts[0][0]
+            if len(parts) > 1:
+                new_state = {n: np.concatenate([s[n] for s, _ in parts]) for n in eng.names}
+            eng.set_state(new_state, rows)
             if stats is not None:
                 self._std.commit(stats, rows)
             self._steps[rows] += 1

@@ -59,8 +59,9 @@ def estimate_bytes(state_numbers: int, call_state_numbers: int) -> int:
     """Host bytes a learner / pool needs: ``state_numbers`` float32 in all, ``call_state_numbers`` per call."""
     state = 4 * int(state_numbers)
     call = 4 * int(call_state_numbers)
-    # two ping-pong buffers + the init graph's output and noise + ONNX Runtime's working memory per call
-    return 3 * state + WORKING_FACTOR * call + (64 << 20)
+    # two ping-pong buffers + the init graph's output and noise (or the new state of a subset call)
+    # + a copy of one call's state + ONNX Runtime's working memory per call
+    return 3 * state + (1 + WORKING_FACTOR) * call + (64 << 20)
 
 
 def check_memory(needed: int, override: int | None, what: str) -> None:
