@@ -18,7 +18,12 @@ Pipeline (``export_model``):
    implementation) for a few consecutive steps at two OTHER size sets, so a
    size baked into the graph by the tracer, or a wrong number from the
    exporter, fails the export instead of shipping;
-5. write both files atomically (temp files + rename), init first.
+5. record the init graph's sha256 and the step graph's own digest
+   (``vsml_runtime.digest``) in the step graph's metadata;
+6. write both files with ``vsml_runtime.files.atomic_write_files``: temp
+   files, the init graph staged as ``.next``, the step graph (the pointer)
+   renamed into place, then the init graph; a crash at any point leaves a
+   pair the runtime loads.
 
 Exporters: ``legacy`` (the TorchScript tracer, ``dynamo=False``; the default)
 and ``dynamo`` (``torch.export``). Both give graphs of the same speed in ONNX
@@ -40,9 +45,10 @@ from pathlib import Path
 import onnx
 import torch
 
+from vsml_runtime import digest
 from vsml_runtime import format as fmt
+from vsml_runtime.files import atomic_write_files
 from vsml_train import __version__ as project_version
-from vsml_train.files import atomic_write_files
 from vsml_train.model.config import VSMLConfig
 from vsml_train.model.model_file import ModelFile, ModelFileError, load_model, params_hash
 
@@ -142,11 +148,25 @@ def _check_writable(path: Path) -> None:
 
 
 def _write_pair(files: list[tuple[Path, bytes]]) -> None:
-    """Write both graphs atomically (``vsml_train.files.atomic_write_files``); no partial files."""
+    """Write both graphs (``vsml_runtime.files.atomic_write_files``, the step graph last); no partial files."""
     try:
         atomic_write_files(files)
     except OSError as exc:
         raise ExportError(f"cannot write {files[-1][0]}: {exc}") from exc
+
+
+def seal_step(step_graph: onnx.ModelProto) -> bytes:
+    """The step graph's bytes with its digest (``vsml.step_sha256``) recorded; checked on the final bytes."""
+    digest_hex = digest.step_digest(step_graph.SerializeToString())
+    entry = step_graph.metadata_props.add()
+    entry.key, entry.value = fmt.K_STEP_SHA256, digest_hex
+    data = step_graph.SerializeToString()
+    if (
+        digest.metadata(data).get(fmt.K_STEP_SHA256) != digest.step_digest(data)
+        or digest.step_digest(data) != digest_hex
+    ):
+        raise ExportError("the step graph's digest changed when it was serialised again")  # pragma: no cover
+    return data
 
 
 def export_graphs(model: ModelFile, options: ExportOptions) -> tuple[onnx.ModelProto, onnx.ModelProto, float | None]:
@@ -195,7 +215,7 @@ def export_model(
     entry.key, entry.value = fmt.K_INIT_FILE, init_out.name
     entry = step_graph.metadata_props.add()
     entry.key, entry.value = fmt.K_INIT_SHA256, hashlib.sha256(init_bytes).hexdigest()
-    _write_pair([(init_out, init_bytes), (out, step_graph.SerializeToString())])
+    _write_pair([(init_out, init_bytes), (out, seal_step(step_graph))])
     return ExportResult(
         step_path=out,
         init_path=init_out,

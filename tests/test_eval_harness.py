@@ -148,11 +148,26 @@ def test_protocol_streams_and_tuning_streams(tiny_data: Path) -> None:
         EvalProtocol(tune_on="test")  # type: ignore[arg-type]
 
 
+@dataclass
+class RecordingSGD:
+    """``online_sgd`` that records the label streams it is run on (to see what the tuner was given)."""
+
+    lr: float
+    seen: list[np.ndarray]
+    name: str = "sgd"
+
+    def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        self.seen.append(y)
+        return online_sgd(self.lr, init="zero").run(x, y, n_classes, seed)
+
+
 @pytest.mark.parametrize("tune_on", ["separate", "eval"])
 def test_run_protocol(tiny_data: Path, tune_on: str) -> None:
     protocol = EvalProtocol(**{**TINY.to_dict(), "tune_on": tune_on})
     extra = Recorder("always-0")
-    result = run_protocol(protocol, baselines=_tiny_baselines(), learners=[extra], data_dir=tiny_data)
+    seen: list[np.ndarray] = []
+    baselines = {"sgd-linear": (lambda lr: RecordingSGD(lr, seen), (0.0, 0.01))}
+    result = run_protocol(protocol, baselines=baselines, learners=[extra], data_dir=tiny_data)
     assert list(result.results) == ["sgd-linear", "always-0"]
     search = result.searches["sgd-linear"]
     assert search.best_lr == 0.01  # learning beats not learning
@@ -160,8 +175,17 @@ def test_run_protocol(tiny_data: Path, tune_on: str) -> None:
     np.testing.assert_array_equal(extra.calls[0][1], ev.y)  # the extra learner saw the evaluation streams
     expected = summarize(online_sgd(0.01, init="zero").run(ev.x, ev.y, 10, protocol.seed), ev.y)
     assert result.results["sgd-linear"].summary.accuracy.values == expected.accuracy.values
-    tuned_on_eval = search.best.summary.accuracy.values == expected.accuracy.values
-    assert tuned_on_eval == (tune_on == "eval")
+    # what the tuner was given: one run per grid entry on the tuning streams, then (when those
+    # are separate) one run of the best rate on the evaluation streams
+    tune = tuning_streams(protocol, data_dir=tiny_data)
+    assert len(seen) == (2 if tune_on == "eval" else 3)
+    for y in seen[:2]:
+        np.testing.assert_array_equal(y, tune.y)
+    if tune_on == "separate":
+        assert not np.array_equal(tune.y, ev.y)  # the tuner never saw the evaluation streams
+        np.testing.assert_array_equal(seen[2], ev.y)
+    else:
+        np.testing.assert_array_equal(tune.y, ev.y)
     json.dumps(result.to_dict(curves=True), allow_nan=False)
     assert "sgd-linear lr 0.01" in result.table() and "always-0" in result.table()
     with pytest.raises(ValueError, match="baseline name"):

@@ -115,8 +115,19 @@ def cli(
         return
     overrides = parse_overrides(ctx.args)
     init = None
+    if resume and out is None:
+        raise click.UsageError("--resume needs --out DIR: the folder of the run to continue")
+    if resume and not (out / CHECKPOINT).exists():
+        raise click.UsageError(
+            f"--resume: no checkpoint in {out} ({CHECKPOINT} is missing); start a run there with "
+            "--method or --preset (without --resume), or pass the --out of an existing run"
+        )
+    if not resume and not show_options and out is not None and (out / CHECKPOINT).exists():
+        raise click.UsageError(
+            f"{out} already holds a run ({out / CHECKPOINT}): add --resume to continue it, or choose another --out"
+        )
     try:
-        if resume and out is not None and not method and not preset and (out / CHECKPOINT).exists():
+        if resume and out is not None and not method and not preset:
             spec = _spec_from_checkpoint(out, overrides)
         else:
             base = None
@@ -139,7 +150,11 @@ def cli(
         return
     if out is None:
         raise click.UsageError("--out DIR is required")
-    sys.exit(run_spec(spec, out, resume=resume, init=init, preset=preset))
+    try:
+        status = run_spec(spec, out, resume=resume, init=init, preset=preset)
+    except CheckpointError as exc:  # e.g. resuming with other options than the checkpoint's
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(status)
 
 
 def _echo_table(prefix: str, values: dict[str, Any]) -> None:

@@ -4,6 +4,11 @@
 ``LearnerPool`` steps many independent learners in one call. The model files
 come from ``vsml-export model.pt model.onnx``; ``vsml_runtime.format``
 describes them.
+
+Errors: ``TypeError`` / ``ValueError`` for bad arguments (the learner's
+state is then unchanged), ``FormatError`` (a ``ValueError``) for every
+unreadable, corrupt or inconsistent model or state file, and
+``FileNotFoundError`` for a missing one (see ``vsml_runtime.learner``).
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .format import FormatError
+
 if TYPE_CHECKING:
     from .learner import Learner, LearnerPool
 
-__all__ = ["Learner", "LearnerPool", "__version__"]
+__all__ = ["FormatError", "Learner", "LearnerPool", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ the GPU between calls; only x, y and the logits cross the bus, and with
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
+from . import limits
 from .sessions import Device, load_model, make_session, resolve_device, specialised
 
 try:
@@ -41,13 +43,27 @@ CHUNK_CELLS = 16_384
 INPUT_LIMIT = 1e6  # inputs are clipped to +-INPUT_LIMIT: float32 products cannot overflow to inf
 
 
+MAX_RESAMPLING_ROUNDS = 200  # the range holds >= half the mass (format.MIN_INIT_MASS): 2**-200 per number
+
+
 def truncated_normal(rng: np.random.Generator, shape: Sequence[int], low: float, high: float) -> np.ndarray:
-    """Standard normal draws restricted to [low, high] by resampling (float64)."""
+    """Standard normal draws restricted to [low, high] by resampling (float64), in bounded rounds.
+
+    Raises FormatError for an empty or inverted range, or when draws are still
+    outside it after ``MAX_RESAMPLING_ROUNDS`` rounds (never, for a range the
+    metadata check accepts).
+    """
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise fmt.FormatError(f"the init noise range [{low}, {high}] is empty or not finite")
     z = rng.standard_normal(tuple(shape))
     bad = (z < low) | (z > high)
-    while bad.any():
+    for _ in range(MAX_RESAMPLING_ROUNDS):
+        if not bad.any():
+            return z
         z[bad] = rng.standard_normal(int(bad.sum()))
         bad = (z < low) | (z > high)
+    if bad.any():
+        raise fmt.FormatError(f"the init noise range [{low}, {high}] is too narrow to sample")
     return z
 
 
@@ -85,18 +101,22 @@ class Engine:
         threads: int = 1,
         chunk: int | None = None,
         cuda_graph: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         for name, v, lo in (
             ("n_learners", n_learners, 1),
             ("n_features", n_features, 1),
             ("n_classes", n_classes, 2),
             ("examples_per_step", n_examples, 1),
-            ("threads", threads, 1),
         ):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1):
+            raise ValueError(f"chunk must be None or an integer >= 1, got {chunk!r}")
+        threads = limits.check_threads(threads)
+        limits.memory_limit(memory_limit)  # ValueError for a bad limit, before any file is read
         resolve_device(device)  # ValueError for a bad device string, before any file is read
-        self.model = load_model(model_path, device, int(threads))
+        self.model = load_model(model_path, device, threads)
         self.info = self.model.info
         self.device = self.model.device
         self.n_learners, self.n_features = int(n_learners), int(n_features)
@@ -104,7 +124,7 @@ class Engine:
         self.layer_sizes = self.info.state.layer_sizes(self.n_features, self.n_classes)
         self.names = list(self.info.state.names)
         self.shapes = self.info.state.resolve(self.n_features, self.n_classes, self.n_learners, self.n_examples)
-        n_values = sum(int(np.prod(s)) for s in self.shapes.values())
+        n_values = sum(math.prod(s) for s in self.shapes.values())  # Python ints: no overflow
         if n_values > 2**31:
             raise ValueError(
                 f"the state for n_features={n_features}, n_classes={n_classes}, {n_learners} learners x "
@@ -116,6 +136,10 @@ class Engine:
             self.chunk = self.n_learners  # the GPU wants everything in one call
         else:
             self.chunk = min(int(chunk) if chunk else max(1, CHUNK_CELLS // max(cells, 1)), self.n_learners)
+        self.state_numbers = n_values
+        needed = limits.estimate_bytes(n_values, n_values // self.n_learners * self.chunk)
+        what = f"{self.n_learners} learner(s) at n_features={n_features}, n_classes={n_classes}, E={n_examples}"
+        limits.check_memory(needed, memory_limit, what)  # before any buffer is allocated
         self.cuda_graph = bool(cuda_graph) and self.device == "cuda"
         self._x = np.zeros((self.n_learners, self.n_examples, self.n_features), np.float32)
         self._y = np.zeros((self.n_learners, self.n_examples), np.int64)

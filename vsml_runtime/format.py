@@ -16,12 +16,19 @@ An exported model is two ONNX files side by side:
   tensors, named as the step's inputs.
 
 Both carry the same metadata (``metadata_props``, all values strings, JSON
-where structured) under the keys below.
+where structured) under the keys below. The step graph also records the
+sha256 of its init graph's bytes and its own digest (``vsml_runtime.digest``:
+the graph, weights and metadata), both checked at load.
+
+Every file that is not such a model, or whose metadata is inconsistent,
+raises ``FormatError`` (a ``ValueError``) when read, and so does every
+unreadable or inconsistent learner state file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,7 @@ K_OUTPUTS = "vsml.outputs"  # JSON list of output names in order
 K_EXPORTER = "vsml.exporter"
 K_INIT_FILE = "vsml.init_file"  # step graph only: file name of the init graph (same folder)
 K_INIT_SHA256 = "vsml.init_sha256"  # step graph only: sha256 of that file's bytes
+K_STEP_SHA256 = "vsml.step_sha256"  # step graph only: its own digest (``vsml_runtime.digest``)
 K_INPUT_CONTRACT = "vsml.input_contract"  # JSON, see InputContract
 K_MODEL_META = "vsml.model_meta"  # JSON: the model.pt's free-form metadata
 
@@ -65,7 +73,19 @@ def init_path_for(step_path: str | Path) -> Path:
 
 
 class FormatError(ValueError):
-    """An ONNX file is not an exported VSML model, or its metadata is inconsistent."""
+    """A model or learner state file is unreadable, not what it claims, or inconsistent.
+
+    The one exception the runtime raises for a bad file (a ``ValueError``, so
+    ``except ValueError`` catches it too): corrupt, truncated or edited
+    ``model.onnx`` / ``model.init.onnx``, metadata that does not match the
+    graph, a learner state of another model or other sizes. Missing files
+    raise ``FileNotFoundError`` instead.
+    """
+
+
+# bounds of the metadata a runtime accepts (far beyond any exported model)
+MAX_DIM = 1 << 16  # N, M, H, hidden sizes
+MIN_INIT_MASS = 0.5  # the init noise range must hold at least half the normal's mass (the exporter's +-2: 95%)
 
 
 @dataclass(frozen=True)
@@ -218,7 +238,7 @@ def parse_metadata(props: dict[str, str], where: str = "model") -> ModelInfo:
         raise FormatError(f"{where} has format version {version}, this runtime reads {FORMAT_VERSION}")
     try:
         clip = json.loads(props[K_CLIP])
-        return ModelInfo(
+        info = ModelInfo(
             graph=props[K_GRAPH],
             project_version=props[K_PROJECT_VERSION],
             config=json.loads(props[K_CONFIG]),
@@ -236,5 +256,67 @@ def parse_metadata(props: dict[str, str], where: str = "model") -> ModelInfo:
             init_sha256=props.get(K_INIT_SHA256),
             model_meta=json.loads(props.get(K_MODEL_META, "{}")),
         )
-    except (KeyError, ValueError, TypeError) as exc:
+        check_info(info, where)
+        return info
+    except FormatError:
+        raise
+    except Exception as exc:  # KeyError, ValueError, TypeError, AttributeError... from any malformed value
         raise FormatError(f"{where}: incomplete or malformed VSML metadata: {exc!r}") from exc
+
+
+def _normal_mass(low: float, high: float) -> float:
+    """P(low <= Z <= high) for a standard normal Z."""
+    return 0.5 * (math.erf(high / math.sqrt(2.0)) - math.erf(low / math.sqrt(2.0)))
+
+
+def _check_state(spec: StateSpec, where: str) -> None:
+    names = spec.names
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise FormatError(f"{where}: state names must be distinct non-empty strings, got {names!r}")
+    if (
+        len(spec.sizes) < 2
+        or not all(isinstance(a, str) for a in spec.sizes)
+        or len(set(spec.sizes)) != len(spec.sizes)
+    ):
+        raise FormatError(f"{where}: state sizes must be >= 2 distinct names, got {spec.sizes!r}")
+    for key in ("N", "H", *spec.sizes[1:-1]):
+        v = spec.dims.get(key)
+        if not isinstance(v, int) or not 1 <= v <= MAX_DIM:
+            raise FormatError(f"{where}: state dim {key} must be an integer in [1, {MAX_DIM}], got {v!r}")
+    if set(spec.layout) != set(names):
+        raise FormatError(f"{where}: the state layout must name exactly the state tensors")
+    known = {"P", "E", spec.sizes[0], spec.sizes[-1], *spec.dims}
+    for name, axes in spec.layout.items():
+        if not axes or any(not isinstance(a, str) or a not in known for a in axes):
+            raise FormatError(f"{where}: state tensor {name!r} has unknown axes {axes!r}")
+    if spec.dtype != "float32":
+        raise FormatError(f"{where}: state dtype must be float32, got {spec.dtype!r}")
+
+
+def _check_init(spec: InitSpec, where: str) -> None:
+    low, high = spec.low, spec.high
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise FormatError(f"{where}: the init noise range must be finite with low < high, got [{low}, {high}]")
+    if _normal_mass(low, high) < MIN_INIT_MASS:
+        raise FormatError(
+            f"{where}: the init noise range [{low}, {high}] holds less than {MIN_INIT_MASS:.0%} of the normal's mass"
+        )
+    if spec.noise_layout != ("P", "A_k", "B_k", "H") or not all(isinstance(n, str) for n in spec.noise_inputs):
+        raise FormatError(f"{where}: unknown init noise layout {spec.noise_layout!r}")
+
+
+def check_info(info: ModelInfo, where: str) -> None:
+    """FormatError unless the parsed metadata is self-consistent (sizes, names, ranges)."""
+    _check_state(info.state, where)
+    _check_init(info.init, where)
+    if len(info.init.noise_inputs) != info.n_layers:
+        raise FormatError(f"{where}: {len(info.init.noise_inputs)} noise inputs for {info.n_layers} layers")
+    if info.graph not in ("step", "init"):
+        raise FormatError(f"{where}: unknown graph kind {info.graph!r}")
+    if info.clip is not None and not (math.isfinite(info.clip) and info.clip > 0):
+        raise FormatError(f"{where}: clip must be a positive number or null, got {info.clip!r}")
+    for v in (info.input_contract.mean, info.input_contract.std):
+        if v is not None and not (isinstance(v, int | float) and math.isfinite(v)):
+            raise FormatError(f"{where}: the input contract's mean / std must be finite numbers, got {v!r}")
+    if info.input_contract.std is not None and info.input_contract.std <= 0:
+        raise FormatError(f"{where}: the input contract's std must be > 0")

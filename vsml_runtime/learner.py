@@ -7,12 +7,25 @@ Semantics (test-then-train, reference section 3): ``learn(x, y)`` runs one
 step of the network on x, returns the predictions it made BEFORE seeing y,
 and leaves y's error in the state for the next step (or absorbs it right
 away when the model has the backward pass). A stream of ``learn`` calls
-reproduces ``vsml_train.episode.run_episode`` step for step.
+reproduces ``vsml_train.model.episode.run_episode`` step for step.
 
 Input contract: the model was meta-trained on inputs standardised with one
 scalar mean and std per dataset (about zero mean, unit variance). Feed such
 inputs, or let the learner standardise online (``standardize=...``).
-Inputs are then clipped to +-1e6 so no float32 product can overflow.
+Inputs are then clipped to +-1e6 so no float32 product can overflow
+(raw inputs first to +-1e100, so the standardiser's float64 statistics stay
+finite for every finite input).
+
+Errors (the state is unchanged whenever a call raises):
+
+* ``TypeError``: an argument of the wrong kind (x not real numbers, labels
+  or seeds not integers, y missing); ``ValueError``: a wrong shape, a
+  NaN / inf input, a label outside [-1, n_classes), a seed outside
+  [0, 2**63 - 1], a size, thread count or device out of range, or a learner
+  needing more memory than the limit (``vsml_runtime.limits``).
+* ``vsml_runtime.FormatError`` (a ``ValueError``): a model or state file
+  that is unreadable, corrupt, edited or inconsistent (another model, other
+  sizes); ``FileNotFoundError``: a missing file.
 """
 
 from __future__ import annotations
@@ -24,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from . import format as fmt
 from .base import LearnerBase, result, standardize_from_meta
-from .inputs import Standardize, check_x, check_y
+from .inputs import MAX_SEED, Standardize, check_seed, check_x, check_y
 from .sessions import Device
 
 # ---------------------------------------------------------------------------
@@ -52,9 +66,13 @@ class Learner(LearnerBase):
             "online-scalar" (one running mean/std over all features, like
             the meta-training contract), "model" (the mean/std recorded in
             the model file), or a fixed (mean, std).
-        threads: ONNX Runtime intra-op threads on CPU (default 1; no spinning).
+        threads: ONNX Runtime intra-op threads on CPU (default 1; no spinning),
+            at most ``vsml_runtime.limits.max_threads()``.
         cuda_graph: on CUDA, replay each step as a captured CUDA graph (less
             launch overhead for small models; opt-in).
+        memory_limit: bytes this learner may need at most (default
+            ``$VSML_MEMORY_LIMIT`` or 8 GiB; ``vsml_runtime.limits``): larger
+            sizes raise ValueError before anything is allocated.
 
     Example::
 
@@ -79,6 +97,7 @@ class Learner(LearnerBase):
         standardize: Standardize = False,
         threads: int = 1,
         cuda_graph: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         super().__init__(
             model_path,
@@ -91,6 +110,7 @@ class Learner(LearnerBase):
             standardize=standardize,
             threads=threads,
             cuda_graph=cuda_graph,
+            memory_limit=memory_limit,
         )
 
     @property
@@ -126,7 +146,8 @@ class Learner(LearnerBase):
         """
         with self._lock:
             xs, ys, single = self._shape_in(x, y)
-            assert ys is not None
+            if ys is None:
+                raise TypeError("y (labels) must be given: class ids in [0, n_classes), -1 = no label")
             logits = self._step_all(xs, ys, commit=True)[0]
             return result(logits, single, return_logits)
 
@@ -173,7 +194,7 @@ class Learner(LearnerBase):
     def reset(self, seed: int | None = None) -> None:
         """Forget everything learned: a fresh initial state (from ``seed``, default the constructor's)."""
         with self._lock:
-            s = int(self._seeds[0]) if seed is None else int(seed)
+            s = int(self._seeds[0]) if seed is None else check_seed(seed, "seed")
             self._reset_rows(slice(0, 1), np.array([s], np.int64))
 
     @classmethod
@@ -195,22 +216,28 @@ class Learner(LearnerBase):
         *,
         device: Device = "auto",
         threads: int = 1,
+        memory_limit: int | None = None,
     ) -> Learner:
-        """A Learner with the state saved by ``save(path)``; ``model_path`` defaults to the one recorded."""
-        d, meta = cls._read(path)
-        if meta.get("n_learners", 1) != 1:
-            raise ValueError(f"{path} holds a pool of {meta.get('n_learners')} learners: use LearnerPool.load")
+        """A Learner with the state saved by ``save(path)``; ``model_path`` defaults to the one recorded.
+
+        The file's sizes and entries are checked before anything is built or
+        read: FormatError (a ValueError) for a corrupt, truncated or
+        inconsistent file, FileNotFoundError for a missing one.
+        """
+        meta, model = cls._plan_load(path, model_path, device, threads)
+        if meta["n_learners"] != 1:
+            raise fmt.FormatError(f"{path} holds a pool of {meta['n_learners']} learners: use LearnerPool.load")
         learner = cls(
-            model_path or meta["model_path"],
-            int(meta["n_features"]),
-            int(meta["n_classes"]),
-            seed=int(d["seeds"][0]),
+            model,
+            meta["n_features"],
+            meta["n_classes"],
             device=device,
-            examples_per_step=int(meta["examples_per_step"]),
+            examples_per_step=meta["examples_per_step"],
             standardize=standardize_from_meta(meta["standardize"]),
             threads=threads,
+            memory_limit=memory_limit,
         )
-        learner.load_state_dict(d)
+        learner._load_file(path)
         return learner
 
 
@@ -243,21 +270,26 @@ class LearnerPool(LearnerBase):
         threads: int = 1,
         chunk: int | None = None,
         cuda_graph: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         if isinstance(n_learners, bool) or not isinstance(n_learners, int | np.integer) or n_learners < 1:
             raise ValueError(f"n_learners must be an integer >= 1, got {n_learners!r}")
+        first = check_seed(seed, "seed")
+        if first + int(n_learners) - 1 > MAX_SEED:
+            raise ValueError(f"seed + n_learners - 1 must be <= 2**63 - 1, got seed {first}")
         super().__init__(
             model_path,
             int(n_learners),
             n_features,
             n_classes,
-            seeds=[int(seed) + i for i in range(int(n_learners))],
+            seeds=[first + i for i in range(int(n_learners))],
             device=device,
             examples_per_step=examples_per_step,
             standardize=standardize,
             threads=threads,
             chunk=chunk,
             cuda_graph=cuda_graph,
+            memory_limit=memory_limit,
         )
 
     @property
@@ -299,7 +331,8 @@ class LearnerPool(LearnerBase):
             rows = self._rows(learners)
             p = self.n_learners if rows is None else len(rows)
             xs, ys, flat = self._shape_in(x, y, p)
-            assert ys is not None
+            if ys is None:
+                raise TypeError("y (labels) must be given: class ids in [0, n_classes), -1 = no label")
             logits = self._step_all(xs, ys, commit=True) if rows is None else self._step_rows(rows, xs, ys, commit=True)
             return result(logits[:, 0] if flat else logits, False, return_logits)
 
@@ -318,7 +351,12 @@ class LearnerPool(LearnerBase):
         with self._lock:
             rows = self._rows(learners)
             idx = np.arange(self.n_learners) if rows is None else rows
-            new = self._seeds[idx] if seeds is None else np.asarray(seeds, dtype=np.int64)
+            if seeds is None:
+                new = self._seeds[idx]
+            else:
+                if isinstance(seeds, str | bytes) or np.ndim(seeds) != 1:
+                    raise TypeError(f"seeds must be a 1-d sequence of integers, got {seeds!r}")
+                new = np.asarray([check_seed(s, "seeds[i]") for s in seeds], dtype=np.int64)
             if new.shape != idx.shape:
                 raise ValueError(f"seeds must have {idx.size} entries, got {new.shape}")
             self._reset_rows(idx, new)
@@ -332,21 +370,23 @@ class LearnerPool(LearnerBase):
         device: Device = "auto",
         threads: int = 1,
         chunk: int | None = None,
+        memory_limit: int | None = None,
     ) -> LearnerPool:
-        """A pool with the state saved by ``save(path)``."""
-        d, meta = cls._read(path)
+        """A pool with the state saved by ``save(path)`` (checked as in ``Learner.load``)."""
+        meta, model = cls._plan_load(path, model_path, device, threads)
         pool = cls(
-            model_path or meta["model_path"],
-            int(meta["n_learners"]),
-            int(meta["n_features"]),
-            int(meta["n_classes"]),
+            model,
+            meta["n_learners"],
+            meta["n_features"],
+            meta["n_classes"],
             device=device,
-            examples_per_step=int(meta["examples_per_step"]),
+            examples_per_step=meta["examples_per_step"],
             standardize=standardize_from_meta(meta["standardize"]),
             threads=threads,
             chunk=chunk,
+            memory_limit=memory_limit,
         )
-        pool.load_state_dict(d)
+        pool._load_file(path)
         return pool
 
 

@@ -6,6 +6,13 @@ step, A inputs, B classes, H1.. hidden sizes.
 * ``load_model`` opens ``model.onnx`` and its init graph, checks that they
   belong together and picks the device ("auto": CUDA when it really comes
   up, else CPU; "cuda": CUDA or an error, never a silent CPU fallback).
+  Before ONNX Runtime parses anything it verifies the step digest
+  (``vsml_runtime.digest``) and finds the init graph by the sha256 the step
+  records (``model.init.onnx``, or the ``.next`` an interrupted export
+  left); after, it checks that both graphs have exactly the inputs, outputs
+  and fixed sizes their metadata names. Every bad file raises
+  ``FormatError``; ONNX Runtime's own fallback (and its stdout banner) is
+  off.
 * ``specialised`` gives a session of the same step graph with every
   symbolic size fixed (``add_free_dimension_override_by_name``): ONNX Runtime
   then folds all shape arithmetic and the E > 1 test away at load time, which
@@ -29,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import digest
 from . import format as fmt
+from .files import staged_path
 
 try:
     import onnxruntime as ort
@@ -121,7 +130,10 @@ def make_session(
             _preload_cuda_libraries()
             try:
                 sess = ort.InferenceSession(
-                    model_bytes, session_options(threads, dims), providers=_providers("cuda", dev_id, cuda_graph)
+                    model_bytes,
+                    session_options(threads, dims),
+                    providers=_providers("cuda", dev_id, cuda_graph),
+                    enable_fallback=0,  # no silent retry on CPU, no banner printed to stdout
                 )
                 if sess.get_providers()[0] == "CUDAExecutionProvider":
                     return sess, "cuda"
@@ -130,7 +142,9 @@ def make_session(
                 reason = f"creating a CUDA session failed: {exc}"
         if kind == "cuda":
             raise RuntimeError(f"device={device!r} was requested but CUDA is not usable: {reason}")
-    sess = ort.InferenceSession(model_bytes, session_options(threads, dims), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        model_bytes, session_options(threads, dims), providers=["CPUExecutionProvider"], enable_fallback=0
+    )
     return sess, "cpu"
 
 
@@ -183,28 +197,91 @@ def load_model(model_path: str | os.PathLike[str], device: Device, threads: int)
     return _cached(_MODELS, key, lambda: _load(path, device, threads))
 
 
+def _find_init(path: Path, info: fmt.ModelInfo) -> tuple[Path, bytes]:
+    """The init graph whose sha256 the step graph records: ``<stem>.init.onnx``, the recorded name, or staged.
+
+    A staged ``<name>.next`` is what an export interrupted between its renames
+    left (``vsml_runtime.files.atomic_write_files``): the pair is still whole.
+    """
+    names = [fmt.init_path_for(path)]
+    if info.init_file:
+        recorded = path.with_name(Path(info.init_file).name)  # a bare name: never outside the folder
+        if recorded not in names:
+            names.append(recorded)
+    candidates = [p for name in names for p in (name, staged_path(name))]
+    if not info.init_sha256:
+        raise fmt.FormatError(f"{path} records no init graph sha256 ({fmt.K_INIT_SHA256}): re-export it")
+    existing = [c for c in candidates if c.is_file()]
+    if not existing:
+        raise FileNotFoundError(f"{path} needs its init graph {names[0]} (written next to it by vsml-export)")
+    for c in existing:
+        data = c.read_bytes()
+        if hashlib.sha256(data).hexdigest() == info.init_sha256:
+            return c, data
+    raise fmt.FormatError(f"{existing[0]} is not the init graph exported with {path} (sha256 differs)")
+
+
+def _check_io(sess: ort.InferenceSession, want_in: list[str], want_out: list[str], where: str) -> None:
+    got_in = [i.name for i in sess.get_inputs()]
+    got_out = [o.name for o in sess.get_outputs()]
+    if sorted(got_in) != sorted(want_in) or sorted(got_out) != sorted(want_out):
+        raise fmt.FormatError(
+            f"{where}: the graph's inputs {got_in} / outputs {got_out} are not the ones its metadata names "
+            f"({want_in} / {want_out})"
+        )
+
+
+def _check_shapes(args: list[Any], layouts: dict[str, tuple[Any, ...]], where: str) -> None:
+    """Each named graph argument has the layout's rank, and its fixed sizes where both are numbers."""
+    for arg in args:
+        want = layouts.get(arg.name)
+        if want is None:
+            continue
+        shape = list(arg.shape or [])
+        if len(shape) != len(want):
+            raise fmt.FormatError(f"{where}: {arg.name} has rank {len(shape)}, its metadata says {len(want)}")
+        for got, w in zip(shape, want, strict=True):
+            if isinstance(got, int) and isinstance(w, int) and got != w:
+                raise fmt.FormatError(f"{where}: {arg.name} has a dimension {got}, its metadata says {w}")
+
+
+def _check_graphs(info: fmt.ModelInfo, step: ort.InferenceSession, init: ort.InferenceSession, where: str) -> None:
+    """The graphs have exactly the inputs, outputs and fixed sizes the metadata describes."""
+    names = list(info.state.names)
+    _check_io(step, [*names, fmt.X_NAME, fmt.Y_NAME], [fmt.NEW_PREFIX + n for n in names] + [fmt.LOGITS_NAME], where)
+    _check_io(init, [*info.init.noise_inputs, fmt.EXAMPLES_NAME], names, f"{where} (init graph)")
+    dims = info.state.dims
+    layouts: dict[str, tuple[Any, ...]] = {n: tuple(dims.get(a, a) for a in info.state.layout[n]) for n in names}
+    layouts[fmt.X_NAME], layouts[fmt.Y_NAME] = ("P", "E", "A"), ("P", "E")
+    _check_shapes(step.get_inputs(), layouts, where)
+    noise = {n: ("P", "A", "B", dims["H"]) for n in info.init.noise_inputs}
+    _check_shapes(init.get_inputs(), noise, f"{where} (init graph)")
+    for arg in [*step.get_inputs(), *init.get_inputs()]:
+        want = "tensor(int64)" if arg.name == fmt.Y_NAME else "tensor(float)"
+        if arg.type != want:
+            raise fmt.FormatError(f"{where}: input {arg.name} has type {arg.type}, expected {want}")
+
+
 def _load(path: Path, device: Device, threads: int) -> LoadedModel:
     step_bytes = path.read_bytes()
-    session, where = _open(step_bytes, str(path), lambda b: make_session(b, device, threads))
-    info = fmt.parse_metadata(dict(session.get_modelmeta().custom_metadata_map), str(path))
+    props = digest.check_step_digest(step_bytes, str(path))  # before ONNX Runtime parses anything
+    info = fmt.parse_metadata(props, str(path))
     if info.graph != "step":
         raise fmt.FormatError(f"{path} holds the {info.graph!r} graph; pass the step graph (model.onnx)")
-    # <stem>.init.onnx next to the step graph, else the name recorded at export (the sha256 decides)
-    candidates = [fmt.init_path_for(path)] + ([path.with_name(info.init_file)] if info.init_file else [])
-    init_path = next((c for c in candidates if c.is_file()), candidates[0])
-    if not init_path.is_file():
-        raise FileNotFoundError(f"{path} needs its init graph {init_path} (written next to it by vsml-export)")
-    init_bytes = init_path.read_bytes()
-    if info.init_sha256 and hashlib.sha256(init_bytes).hexdigest() != info.init_sha256:
-        raise fmt.FormatError(f"{init_path} is not the init graph exported with {path} (sha256 differs)")
+    init_path, init_bytes = _find_init(path, info)
+    init_info = fmt.parse_metadata(digest.metadata(init_bytes, str(init_path)), str(init_path))
+    if init_info.params_sha256 != info.params_sha256 or init_info.graph != "init":
+        raise fmt.FormatError(f"{init_path} and {path} come from different models (V_M hashes differ)")
+    session, where = _open(step_bytes, str(path), lambda b: make_session(b, device, threads))
     init_session, _ = _open(
         init_bytes,
         str(init_path),
-        lambda b: (ort.InferenceSession(b, session_options(1), providers=["CPUExecutionProvider"]), "cpu"),
+        lambda b: (
+            ort.InferenceSession(b, session_options(1), providers=["CPUExecutionProvider"], enable_fallback=0),
+            "cpu",
+        ),
     )
-    init_info = fmt.parse_metadata(dict(init_session.get_modelmeta().custom_metadata_map), str(init_path))
-    if init_info.params_sha256 != info.params_sha256:
-        raise fmt.FormatError(f"{init_path} and {path} come from different models (V_M hashes differ)")
+    _check_graphs(info, session, init_session, str(path))
     return LoadedModel(
         info=info,
         session=session,
