@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import LearnerBase, result, standardize_from_meta
+from .base import LearnerBase, result, softmax, standardize_from_meta
 from .inputs import Standardize, check_x, check_y
 from .sessions import Device
 
@@ -92,6 +92,16 @@ class Learner(LearnerBase):
             threads=threads,
             cuda_graph=cuda_graph,
         )
+        self._ctor = {
+            "n_features": n_features,
+            "n_classes": n_classes,
+            "seed": seed,
+            "device": device,
+            "examples_per_step": examples_per_step,
+            "standardize": standardize,
+            "threads": threads,
+            "cuda_graph": cuda_graph,
+        }
 
     @property
     def steps(self) -> int:
@@ -111,16 +121,19 @@ class Learner(LearnerBase):
                 ys = ys.reshape(1, e)
         return xs.reshape(1, e, a), ys, single
 
-    def learn(self, x: Any, y: Any, *, return_logits: bool = False) -> Any:
+    def learn(self, x: Any, y: Any, *, return_logits: bool = False, return_proba: bool = False) -> Any:
         """One online step: predict x, then learn from its label y.
 
         Args:
             x: [A] one example (when examples_per_step == 1) or [E, A].
             y: int label (or [E] labels) in [0, n_classes); -1 = no label.
             return_logits: also return the logits [B] / [E, B].
+            return_proba: also return the class probabilities (softmax of the
+                logits, float64, summing to 1) [B] / [E, B].
         Returns:
             the predicted class (int, or [E] int64) made BEFORE seeing y;
-            with ``return_logits``, (predictions, logits).
+            with ``return_logits`` / ``return_proba``, (predictions, logits),
+            (predictions, proba) or (predictions, logits, proba).
         Raises:
             TypeError / ValueError on bad input; the state is then unchanged.
         """
@@ -128,7 +141,7 @@ class Learner(LearnerBase):
             xs, ys, single = self._shape_in(x, y)
             assert ys is not None
             logits = self._step_all(xs, ys, commit=True)[0]
-            return result(logits, single, return_logits)
+            return result(logits, single, return_logits, return_proba)
 
     def learn_stream(self, xs: Any, ys: Any, *, return_logits: bool = False) -> Any:
         """T consecutive ``learn`` steps: xs [T, A] (or [T, E, A]), ys [T] (or [T, E]) -> predictions [T] ([T, E]).
@@ -169,6 +182,13 @@ class Learner(LearnerBase):
             xs3, _, single = self._shape_in(arr, None)
             logits = self._step_all(xs3, np.full((1, e), -1, np.int64), commit=False)[0]
             return result(logits, single, return_logits)
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities without learning: softmax of ``predict``'s logits, float64, rows summing to 1.
+
+        x: [A] -> [B]; [n, A] -> [n, B] (as ``predict``).
+        """
+        return softmax(self.predict(x, return_logits=True)[1])
 
     def reset(self, seed: int | None = None) -> None:
         """Forget everything learned: a fresh initial state (from ``seed``, default the constructor's)."""
@@ -259,6 +279,18 @@ class LearnerPool(LearnerBase):
             chunk=chunk,
             cuda_graph=cuda_graph,
         )
+        self._ctor = {
+            "n_learners": int(n_learners),
+            "n_features": n_features,
+            "n_classes": n_classes,
+            "seed": seed,
+            "device": device,
+            "examples_per_step": examples_per_step,
+            "standardize": standardize,
+            "threads": threads,
+            "chunk": chunk,
+            "cuda_graph": cuda_graph,
+        }
 
     @property
     def n_learners(self) -> int:
@@ -289,11 +321,14 @@ class LearnerPool(LearnerBase):
             ys = check_y(y, (p,) if flat else (p, e), self.n_classes).reshape(p, e)
         return xs, ys, flat
 
-    def learn(self, x: Any, y: Any, *, learners: Any = None, return_logits: bool = False) -> Any:
+    def learn(
+        self, x: Any, y: Any, *, learners: Any = None, return_logits: bool = False, return_proba: bool = False
+    ) -> Any:
         """One step of every learner (or of ``learners`` only).
 
         x: [P, A] (E = 1) or [P, E, A]; y: [P] / [P, E] labels (-1 = none).
-        Returns predictions [P] / [P, E] made before seeing y (and logits).
+        Returns predictions [P] / [P, E] made before seeing y (and the logits
+        and/or the probabilities [P, B] / [P, E, B], as ``Learner.learn``).
         """
         with self._lock:
             rows = self._rows(learners)
@@ -301,7 +336,7 @@ class LearnerPool(LearnerBase):
             xs, ys, flat = self._shape_in(x, y, p)
             assert ys is not None
             logits = self._step_all(xs, ys, commit=True) if rows is None else self._step_rows(rows, xs, ys, commit=True)
-            return result(logits[:, 0] if flat else logits, False, return_logits)
+            return result(logits[:, 0] if flat else logits, False, return_logits, return_proba)
 
     def predict(self, x: Any, *, learners: Any = None, return_logits: bool = False) -> Any:
         """Predictions of every learner (or of ``learners``) without changing any state."""
@@ -313,6 +348,10 @@ class LearnerPool(LearnerBase):
             logits = self._step_all(xs, y, commit=False) if rows is None else self._step_rows(rows, xs, y, commit=False)
             return result(logits[:, 0] if flat else logits, False, return_logits)
 
+    def predict_proba(self, x: Any, *, learners: Any = None) -> np.ndarray:
+        """Class probabilities [P, B] / [P, E, B] of every learner (or of ``learners``), no state change."""
+        return softmax(self.predict(x, learners=learners, return_logits=True)[1])
+
     def reset(self, learners: Any = None, seeds: Sequence[int] | None = None) -> None:
         """Fresh initial state for all learners (or ``learners``), from their seeds (or new ``seeds``)."""
         with self._lock:
@@ -322,6 +361,14 @@ class LearnerPool(LearnerBase):
             if new.shape != idx.shape:
                 raise ValueError(f"seeds must have {idx.size} entries, got {new.shape}")
             self._reset_rows(idx, new)
+
+    @classmethod
+    def pretrained(cls, n_learners: int, n_features: int, n_classes: int, **kwargs: Any) -> LearnerPool:
+        """``n_learners`` copies of the shipped learner (``assets/MODEL_CARD.md``), as ``Learner.pretrained``.
+
+        Keyword arguments go to the constructor (``seed``, ``device``, ``chunk``, ...).
+        """
+        return cls(pretrained_path(), n_learners, n_features, n_classes, **kwargs)
 
     @classmethod
     def load(
