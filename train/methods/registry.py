@@ -7,8 +7,9 @@ A run is defined by four parts, each a frozen dataclass:
              CloneOptions), the task mix nested as ``options.tasks``
     run      RunOptions          (iterations, seed, checkpoints, meta-test)
 
-A preset is a TOML (or JSON) file in ``presets/`` with a ``method`` key and
-``[model]``, ``[options]``, ``[options.tasks]`` and ``[run]`` tables.
+A preset is a TOML (or JSON) file in ``train/presets/`` (package data of
+``vsml_train``) with a ``method`` key and ``[model]``, ``[options]``,
+``[options.tasks]`` and ``[run]`` tables.
 Overrides ``{"key": value}`` name a field by its dotted path
 (``options.tasks.steps``; ``tasks.`` is short for ``options.tasks.``) or by
 its bare name when that is unique among the four parts. Unknown keys are
@@ -24,6 +25,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ from .cmaes import CmaesOptions, CmaesTrainer
 from .es import EsOptions, EsTrainer
 from .runner import RunOptions
 
-PRESET_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "presets"]
+# shipped as package data of vsml_train (train/presets/), so an installed wheel has them too
+PRESET_DIRS: list[Path] = [Path(str(resources.files("vsml_train") / "presets"))]
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ class RunSpec:
 
 
 def find_preset(name: str) -> Path:
-    """A preset by name (``presets/NAME.toml`` or ``.json``) or by path."""
+    """A preset by name (``train/presets/NAME.toml`` or ``.json``) or by path."""
     p = Path(name)
     if p.suffix in (".toml", ".json") and p.is_file():
         return p
