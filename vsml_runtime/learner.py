@@ -80,6 +80,7 @@ class Learner(LearnerBase):
         threads: int = 1,
         cuda_graph: bool = False,
     ) -> None:
+        self._ctor = _ctor_args(locals())  # for pickling (vsml_runtime.pickling)
         super().__init__(
             model_path,
             1,
@@ -92,16 +93,6 @@ class Learner(LearnerBase):
             threads=threads,
             cuda_graph=cuda_graph,
         )
-        self._ctor = {
-            "n_features": n_features,
-            "n_classes": n_classes,
-            "seed": seed,
-            "device": device,
-            "examples_per_step": examples_per_step,
-            "standardize": standardize,
-            "threads": threads,
-            "cuda_graph": cuda_graph,
-        }
 
     @property
     def steps(self) -> int:
@@ -264,6 +255,7 @@ class LearnerPool(LearnerBase):
         chunk: int | None = None,
         cuda_graph: bool = False,
     ) -> None:
+        self._ctor = _ctor_args(locals())  # for pickling (vsml_runtime.pickling)
         if isinstance(n_learners, bool) or not isinstance(n_learners, int | np.integer) or n_learners < 1:
             raise ValueError(f"n_learners must be an integer >= 1, got {n_learners!r}")
         super().__init__(
@@ -279,18 +271,6 @@ class LearnerPool(LearnerBase):
             chunk=chunk,
             cuda_graph=cuda_graph,
         )
-        self._ctor = {
-            "n_learners": int(n_learners),
-            "n_features": n_features,
-            "n_classes": n_classes,
-            "seed": seed,
-            "device": device,
-            "examples_per_step": examples_per_step,
-            "standardize": standardize,
-            "threads": threads,
-            "chunk": chunk,
-            "cuda_graph": cuda_graph,
-        }
 
     @property
     def n_learners(self) -> int:
@@ -395,6 +375,11 @@ class LearnerPool(LearnerBase):
         )
         pool.load_state_dict(d)
         return pool
+
+
+def _ctor_args(args: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's keyword arguments from its ``locals()`` (all but self and the model path)."""
+    return {k: v for k, v in args.items() if k not in ("self", "model_path", "__class__")}
 
 
 def pretrained_path() -> str:
