@@ -40,6 +40,7 @@ def test_the_default_image_runs_the_shipped_pretrained_learner(tmp_path: Path) -
 def test_model_pt_build_arg_exports_that_model(tmp_path: Path) -> None:
     if not Path(sys.executable).with_name("vsml-export").exists():
         pytest.skip("vsml-export is not installed next to this python")
+    runs_existed = (dl.REPO / "runs").exists()
     context = dl.REPO / "runs" / "test-docker-layout"
     context.mkdir(parents=True, exist_ok=True)
     try:
@@ -51,3 +52,5 @@ def test_model_pt_build_arg_exports_that_model(tmp_path: Path) -> None:
         for f in context.iterdir():
             f.unlink()
         context.rmdir()
+        if not runs_existed:
+            (dl.REPO / "runs").rmdir()
