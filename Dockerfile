@@ -1,17 +1,21 @@
 # GPU runtime image for vsml: numpy + ONNX Runtime GPU + vsml_runtime, NO torch, and an exported model.
 #
-#   DOCKER_BUILDKIT=1 docker build -t vsml-runtime .                   # demo model (random V_M)
-#   DOCKER_BUILDKIT=1 docker build -t vsml-runtime --build-arg MODEL_PT=runs/best/model.pt .  # yours
+#   DOCKER_BUILDKIT=1 docker build -t vsml-runtime .                   # the shipped pretrained learner
+#   DOCKER_BUILDKIT=1 docker build -t vsml-runtime --build-arg MODEL_PT=runs/bptt/model.pt .  # yours
 #   docker run --rm --gpus all vsml-runtime                            # runs examples/runtime_example.py
 #   docker run --rm --gpus all vsml-runtime --device cuda --steps 5000
 #   docker run --rm vsml-runtime --device cpu                          # no GPU: the CPU provider
 #
-# Stage 1 exports model.pt -> model.onnx + model.init.onnx with torch (CPU wheel); stage 2 is the
+# Stage 1 provides /models/model.onnx + model.init.onnx: by default the pretrained learner the package
+# ships (vsml_runtime/assets/pretrained.onnx, see its MODEL_CARD.md; no torch needed); with MODEL_PT, a
+# model.pt inside the build context exported with torch (CPU wheel, installed only then). Stage 2 is the
 # runtime only: the exported files, the package installed with its `gpu` extra (onnxruntime-gpu), and
 # the example. ONNX Runtime GPU 1.31 is built for CUDA 13 and cuDNN 9: the CUDA runtime image brings
 # CUDA 13 (cuBLAS, cuFFT, cuRAND), cuDNN comes as onnxruntime-gpu's `cudnn` extra (pip). Override
 # CUDA_IMAGE to match your driver. The host needs the NVIDIA driver and the NVIDIA Container Toolkit.
-# Keep the build context small with a .dockerignore (.venv, runs, .whl, .git).
+# .dockerignore keeps the build context small (.venv, .git, runs/ except its model.pt files).
+# tests/test_docker.py checks, without a Docker engine, that every COPY source is in the context and
+# runs stage 1's model step and the image's entry command in a venv laid out as the image is.
 
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04
 
@@ -22,18 +26,15 @@ COPY pyproject.toml README.md ./
 COPY train ./train
 COPY export ./export
 COPY vsml_runtime ./vsml_runtime
-RUN pip install --no-cache-dir torch --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir ".[train,cpu]"
-# MODEL_PT: a model.pt inside the build context; empty = a demo model with random V_M (it runs, it
-# does not learn well: train one with vsml-train for real use)
+# MODEL_PT: a model.pt inside the build context (e.g. runs/bptt/model.pt); empty = the shipped learner
 ARG MODEL_PT=""
+RUN if [ -n "$MODEL_PT" ]; then \
+      pip install --no-cache-dir torch --index-url https://download.pytorch.org/whl/cpu \
+      && pip install --no-cache-dir ".[train,cpu]"; fi
 RUN --mount=type=bind,source=.,target=/ctx mkdir -p /models \
- && if [ -n "$MODEL_PT" ]; then cp "/ctx/$MODEL_PT" /models/model.pt; \
-    else python -c "from vsml_train import VSMLConfig, init_params; \
-from vsml_train.model.model_file import ModelFile, save_model; \
-c = VSMLConfig(layer_norm=True, backward_pass=True); \
-save_model('/models/model.pt', ModelFile(c, init_params(c, 0), {'method': 'random (demo)'}))"; fi \
- && vsml-export /models/model.pt /models/model.onnx
+ && if [ -n "$MODEL_PT" ]; then cp "/ctx/$MODEL_PT" /models/model.pt && vsml-export /models/model.pt /models/model.onnx; \
+    else cp vsml_runtime/assets/pretrained.onnx /models/model.onnx \
+      && cp vsml_runtime/assets/pretrained.init.onnx /models/model.init.onnx; fi
 
 # ---------------------------------------------------------------------------- runtime
 FROM ${CUDA_IMAGE} AS runtime

@@ -81,7 +81,7 @@ def _spec_from_checkpoint(out: Path, overrides: dict[str, str]) -> registry.RunS
     epilog=EPILOG,
 )
 @click.option("--method", type=click.Choice(sorted(registry.METHODS)), help="Meta-training method.")
-@click.option("--preset", help="Preset name (presets/NAME.toml) or file.")
+@click.option("--preset", help="Preset name (train/presets/NAME.toml, shipped in the package) or file.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -1,7 +1,9 @@
 """vsml_runtime: run an exported VSML learner with ONNX Runtime (numpy + onnxruntime only, no torch).
 
 ``Learner`` learns online from a stream of labelled examples and predicts;
-``LearnerPool`` steps many independent learners in one call. The model files
+``LearnerPool`` steps many independent learners in one call.
+``vsml_runtime.sklearn`` and ``vsml_runtime.river`` wrap a Learner as a
+scikit-learn / River classifier (optional extras ``sklearn`` / ``river``). The model files
 come from ``vsml-export model.pt model.onnx``; ``vsml_runtime.format``
 describes them.
 

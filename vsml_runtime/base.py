@@ -30,6 +30,7 @@ from . import limits, statefile
 from .engine import INPUT_LIMIT, Engine
 from .files import atomic_write
 from .inputs import MAX_SEED, Standardize, Standardizer, check_seed, standardize_mode
+from .pickling import PickleByState
 from .sessions import Device, load_model
 
 STATE_FORMAT = statefile.STATE_FORMAT
@@ -47,7 +48,7 @@ PREDICT_TILE_ROW_BYTES = 16 << 10
 # the shared implementation
 
 
-class LearnerBase:
+class LearnerBase(PickleByState):
     """What ``Learner`` and ``LearnerPool`` share: engine, lock, standardiser, persistence."""
 
     def __init__(
@@ -355,9 +356,27 @@ def standardize_from_meta(v: Any) -> Standardize:
     return tuple(v) if isinstance(v, list) else v  # type: ignore[return-value]
 
 
-def result(logits: np.ndarray, single: bool, return_logits: bool) -> Any:
-    """Argmax predictions (int for a single example), optionally with a copy of the logits."""
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits [..., B]: float64, each row sums to 1 (stable: max subtracted)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(-1, keepdims=True))
+    z /= z.sum(-1, keepdims=True)
+    return z
+
+
+def result(logits: np.ndarray, single: bool, return_logits: bool, return_proba: bool = False) -> Any:
+    """Argmax predictions (int for a single example), optionally with the logits and/or probabilities.
+
+    Returns ``preds``, ``(preds, logits)``, ``(preds, proba)`` or ``(preds, logits, proba)``.
+    """
     preds = logits.argmax(-1)
     if single:
         preds, logits = int(preds[0]), logits[0]
-    return (preds, logits.copy()) if return_logits else preds
+    if not (return_logits or return_proba):
+        return preds
+    out: tuple[Any, ...] = (preds,)
+    if return_logits:
+        out += (logits.copy(),)
+    if return_proba:
+        out += (softmax(logits),)
+    return out

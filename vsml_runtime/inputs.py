@@ -163,7 +163,11 @@ def standardize_mode(standardize: Standardize, info: fmt.ModelInfo) -> tuple[str
     if standardize == "model":
         c = info.input_contract
         if c.mean is None or c.std is None:
-            raise ValueError("standardize='model': the model file records no input mean/std; use 'online-scalar'")
+            raise ValueError(
+                "standardize='model': this model file records no input mean/std (its model.pt had no "
+                "input_mean/input_std); pass the statistics it was meta-trained with as standardize=(mean, std), "
+                "or standardize='online-scalar' to estimate them from the stream"
+            )
         return "fixed", (float(c.mean), float(c.std))
     if isinstance(standardize, tuple) and len(standardize) == 2:
         mean, std = float(standardize[0]), float(standardize[1])

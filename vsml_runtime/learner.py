@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import format as fmt
-from .base import LearnerBase, result, standardize_from_meta
+from .base import LearnerBase, result, softmax, standardize_from_meta
 from .inputs import MAX_SEED, Standardize, check_seed, check_x, check_y
 from .sessions import Device
+from .shipped import pretrained_path
 
 # ---------------------------------------------------------------------------
 # public classes
@@ -99,6 +99,7 @@ class Learner(LearnerBase):
         cuda_graph: bool = False,
         memory_limit: int | None = None,
     ) -> None:
+        self._ctor = _ctor_args(locals())  # for pickling (vsml_runtime.pickling)
         super().__init__(
             model_path,
             1,
@@ -131,16 +132,19 @@ class Learner(LearnerBase):
                 ys = ys.reshape(1, e)
         return xs.reshape(1, e, a), ys, single
 
-    def learn(self, x: Any, y: Any, *, return_logits: bool = False) -> Any:
+    def learn(self, x: Any, y: Any, *, return_logits: bool = False, return_proba: bool = False) -> Any:
         """One online step: predict x, then learn from its label y.
 
         Args:
             x: [A] one example (when examples_per_step == 1) or [E, A].
             y: int label (or [E] labels) in [0, n_classes); -1 = no label.
             return_logits: also return the logits [B] / [E, B].
+            return_proba: also return the class probabilities (softmax of the
+                logits, float64, summing to 1) [B] / [E, B].
         Returns:
             the predicted class (int, or [E] int64) made BEFORE seeing y;
-            with ``return_logits``, (predictions, logits).
+            with ``return_logits`` / ``return_proba``, (predictions, logits),
+            (predictions, proba) or (predictions, logits, proba).
         Raises:
             TypeError / ValueError on bad input; the state is then unchanged.
         """
@@ -149,7 +153,7 @@ class Learner(LearnerBase):
             if ys is None:
                 raise TypeError("y (labels) must be given: class ids in [0, n_classes), -1 = no label")
             logits = self._step_all(xs, ys, commit=True)[0]
-            return result(logits, single, return_logits)
+            return result(logits, single, return_logits, return_proba)
 
     def learn_stream(self, xs: Any, ys: Any, *, return_logits: bool = False) -> Any:
         """T consecutive ``learn`` steps: xs [T, A] (or [T, E, A]), ys [T] (or [T, E]) -> predictions [T] ([T, E]).
@@ -190,6 +194,13 @@ class Learner(LearnerBase):
             xs3, _, single = self._shape_in(arr, None)
             logits = self._step_all(xs3, np.full((1, e), -1, np.int64), commit=False)[0]
             return result(logits, single, return_logits)
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities without learning: softmax of ``predict``'s logits, float64, rows summing to 1.
+
+        x: [A] -> [B]; [n, A] -> [n, B] (as ``predict``).
+        """
+        return softmax(self.predict(x, return_logits=True)[1])
 
     def reset(self, seed: int | None = None) -> None:
         """Forget everything learned: a fresh initial state (from ``seed``, default the constructor's)."""
@@ -272,6 +283,7 @@ class LearnerPool(LearnerBase):
         cuda_graph: bool = False,
         memory_limit: int | None = None,
     ) -> None:
+        self._ctor = _ctor_args(locals())  # for pickling (vsml_runtime.pickling)
         if isinstance(n_learners, bool) or not isinstance(n_learners, int | np.integer) or n_learners < 1:
             raise ValueError(f"n_learners must be an integer >= 1, got {n_learners!r}")
         first = check_seed(seed, "seed")
@@ -321,11 +333,14 @@ class LearnerPool(LearnerBase):
             ys = check_y(y, (p,) if flat else (p, e), self.n_classes).reshape(p, e)
         return xs, ys, flat
 
-    def learn(self, x: Any, y: Any, *, learners: Any = None, return_logits: bool = False) -> Any:
+    def learn(
+        self, x: Any, y: Any, *, learners: Any = None, return_logits: bool = False, return_proba: bool = False
+    ) -> Any:
         """One step of every learner (or of ``learners`` only).
 
         x: [P, A] (E = 1) or [P, E, A]; y: [P] / [P, E] labels (-1 = none).
-        Returns predictions [P] / [P, E] made before seeing y (and logits).
+        Returns predictions [P] / [P, E] made before seeing y (and the logits
+        and/or the probabilities [P, B] / [P, E, B], as ``Learner.learn``).
         """
         with self._lock:
             rows = self._rows(learners)
@@ -334,7 +349,7 @@ class LearnerPool(LearnerBase):
             if ys is None:
                 raise TypeError("y (labels) must be given: class ids in [0, n_classes), -1 = no label")
             logits = self._step_all(xs, ys, commit=True) if rows is None else self._step_rows(rows, xs, ys, commit=True)
-            return result(logits[:, 0] if flat else logits, False, return_logits)
+            return result(logits[:, 0] if flat else logits, False, return_logits, return_proba)
 
     def predict(self, x: Any, *, learners: Any = None, return_logits: bool = False) -> Any:
         """Predictions of every learner (or of ``learners``) without changing any state."""
@@ -345,6 +360,10 @@ class LearnerPool(LearnerBase):
             y = np.full(xs.shape[:2], -1, np.int64)
             logits = self._step_all(xs, y, commit=False) if rows is None else self._step_rows(rows, xs, y, commit=False)
             return result(logits[:, 0] if flat else logits, False, return_logits)
+
+    def predict_proba(self, x: Any, *, learners: Any = None) -> np.ndarray:
+        """Class probabilities [P, B] / [P, E, B] of every learner (or of ``learners``), no state change."""
+        return softmax(self.predict(x, learners=learners, return_logits=True)[1])
 
     def reset(self, learners: Any = None, seeds: Sequence[int] | None = None) -> None:
         """Fresh initial state for all learners (or ``learners``), from their seeds (or new ``seeds``)."""
@@ -360,6 +379,14 @@ class LearnerPool(LearnerBase):
             if new.shape != idx.shape:
                 raise ValueError(f"seeds must have {idx.size} entries, got {new.shape}")
             self._reset_rows(idx, new)
+
+    @classmethod
+    def pretrained(cls, n_learners: int, n_features: int, n_classes: int, **kwargs: Any) -> LearnerPool:
+        """``n_learners`` copies of the shipped learner (``assets/MODEL_CARD.md``), as ``Learner.pretrained``.
+
+        Keyword arguments go to the constructor (``seed``, ``device``, ``chunk``, ...).
+        """
+        return cls(pretrained_path(), n_learners, n_features, n_classes, **kwargs)
 
     @classmethod
     def load(
@@ -390,9 +417,6 @@ class LearnerPool(LearnerBase):
         return pool
 
 
-def pretrained_path() -> str:
-    """Path of the shipped pretrained model (``vsml_runtime/assets/pretrained.onnx``)."""
-    path = Path(__file__).resolve().parent / "assets" / "pretrained.onnx"
-    if not path.is_file():
-        raise FileNotFoundError(f"the pretrained model is missing from the installed package (looked for {path})")
-    return str(path)
+def _ctor_args(args: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's keyword arguments from its ``locals()`` (all but self and the model path)."""
+    return {k: v for k, v in args.items() if k not in ("self", "model_path", "__class__")}

@@ -45,7 +45,7 @@ try:
 except ImportError as exc:  # exercised by a subprocess test
     raise ImportError(
         "vsml_runtime needs ONNX Runtime: install it with "
-        '`pip install "vsml[cpu]"` (CPU) or `pip install "vsml[gpu]"` (NVIDIA GPU, CUDA 12)'
+        '`pip install "vsml[cpu]"` (CPU) or `pip install "vsml[gpu]"` (NVIDIA GPU, CUDA 13)'
     ) from exc
 
 Device = str  # "auto" | "cpu" | "cuda" | "cuda:N"

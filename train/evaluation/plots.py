@@ -57,13 +57,24 @@ def plot_results(results: Mapping[str, EvalResult], path: str | Path, *, title: 
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or "online (prequential) accuracy")
     ax2.set_xscale("symlog", linthresh=1)
-    ax2.set_xlabel("examples of the same class seen before")
-    ax2.set_ylabel("accuracy")
+    ax2.set_xlabel("examples of the same class seen before (0 = first sight)")
+    ax2.set_ylabel("accuracy on the next example of that class")
     ax2.set_ylim(0, 1)
     ax2.grid(alpha=0.3)
-    ax2.set_title("learning by association")
+    ax2.legend(loc="lower right", fontsize=8)
+    ax2.set_title("how fast each learner picks up a class")
+    ax2.text(
+        0.5,
+        -0.3,
+        "each point: accuracy on examples whose class the learner had seen k times before\n"
+        "(points from at least 20 examples); a curve that rises within a few k learns from few examples",
+        transform=ax2.transAxes,
+        ha="center",
+        va="top",
+        fontsize=7.5,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -8,8 +8,9 @@ A run is defined by four parts, each a frozen dataclass:
     run      RunOptions          (iterations, seed, checkpoints, meta-test,
                                   device, impl, compile)
 
-A preset is a TOML (or JSON) file in ``presets/`` with a ``method`` key and
-``[model]``, ``[options]``, ``[options.tasks]`` and ``[run]`` tables.
+A preset is a TOML (or JSON) file in ``train/presets/`` (package data of
+``vsml_train``) with a ``method`` key and ``[model]``, ``[options]``,
+``[options.tasks]`` and ``[run]`` tables.
 The dataclass <-> dict <-> string plumbing is ``vsml_train.options``.
 Overrides ``{"key": value}`` name a field by its dotted path
 (``options.tasks.steps``; ``tasks.`` is short for ``options.tasks.``) or by
@@ -23,6 +24,7 @@ import json
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ from .cmaes import CmaesOptions, CmaesTrainer
 from .es import EsOptions, EsTrainer
 from .runner import RunOptions
 
-PRESET_DIRS: list[Path] = [Path(__file__).resolve().parents[2] / "presets"]
+# shipped as package data of vsml_train (train/presets/), so an installed wheel has them too
+PRESET_DIRS: list[Path] = [Path(str(resources.files("vsml_train") / "presets"))]
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class RunSpec:
 
 
 def find_preset(name: str) -> Path:
-    """A preset by name (``presets/NAME.toml`` or ``.json``) or by path."""
+    """A preset by name (``train/presets/NAME.toml`` or ``.json``) or by path."""
     p = Path(name)
     if p.suffix in (".toml", ".json") and p.is_file():
         return p

@@ -231,7 +231,12 @@ def average_and_clip_onnx(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Ten
             def keep(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
                 return h.clone(), c.clone()
 
-            h, c = torch.cond(h.shape[1] > 1, average, keep, (h, c))
+            def average_dense(h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+                # torch.cond needs both branches' outputs laid out alike; "full" averaging expands (stride 0)
+                h, c = average(h, c)
+                return h.contiguous(), c.contiguous()
+
+            h, c = torch.cond(h.shape[1] > 1, average_dense, keep, (h, c))
         elif torch.jit.is_tracing():
             scripted_all, scripted_first = _scripted()
             h, c = scripted_all(h, c) if full else scripted_first(h, c, k)
