@@ -37,6 +37,9 @@ def plot_results(results: Mapping[str, EvalResult], path: str | Path, *, title: 
 
     path = Path(path)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    # a point of the right panel pools S streams x B classes at most: few streams of few classes
+    # (the tabular suite: 4 x 2) still get a curve, from fewer examples per point
+    min_count = int(min(20, *(max(1, r.shots.count.max()) for r in results.values())))
     for i, (name, r) in enumerate(results.items()):
         color = f"C{i}"
         acc = smooth(r.curves.accuracy, window)
@@ -44,11 +47,11 @@ def plot_results(results: Mapping[str, EvalResult], path: str | Path, *, title: 
         n = r.summary.n_streams * np.minimum(t, window)
         half = 1.96 * np.sqrt(np.clip(acc * (1 - acc), 1e-6, None) / n)
         s = r.summary
-        label = f"{name}: mean {s.accuracy.mean:.3f}, first100 {s.first_accuracy.mean:.3f}"
+        label = f"{name}: mean {s.accuracy.mean:.3f}, first{s.first_steps} {s.first_accuracy.mean:.3f}"
         ax.plot(t, acc, color=color, lw=1.6 if name.startswith("vsml") else 1.1, label=label)
         ax.fill_between(t, acc - half, acc + half, color=color, alpha=0.15, lw=0)
         k = np.arange(len(r.shots.accuracy))
-        keep = r.shots.count >= 20
+        keep = r.shots.count >= min_count
         ax2.plot(k[keep], r.shots.accuracy[keep], color=color, marker=".", ms=3, lw=1, label=name)
     ax.set_xlabel("online step (each example seen once)")
     ax.set_ylabel(f"accuracy before seeing the label (moving mean, {window} steps)")
@@ -67,7 +70,7 @@ def plot_results(results: Mapping[str, EvalResult], path: str | Path, *, title: 
         0.5,
         -0.3,
         "each point: accuracy on examples whose class the learner had seen k times before\n"
-        "(points from at least 20 examples); a curve that rises within a few k learns from few examples",
+        f"(points from at least {min_count} examples); a curve that rises within a few k learns from few examples",
         transform=ax2.transAxes,
         ha="center",
         va="top",
