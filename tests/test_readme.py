@@ -48,6 +48,8 @@ SHELL: dict[str, tuple[str, str]] = {
     "python -m pytest": ("skip", "the test suite itself"),
     "vsml-eval vsml_runtime/assets/pretrained.pt --dataset fashion-mnist --streams 8": ("slow", CHEAP_EVAL),
     "vsml-eval vsml_runtime/assets/pretrained.onnx --dataset mnist --project 64": ("slow", CHEAP_EVAL),
+    "vsml-eval vsml_runtime/assets/pretrained.pt --suite tabular": ("slow", " --steps 20 --streams 1 --no-external"),
+    "vsml-eval vsml_runtime/assets/pretrained.pt --suite invariance": ("slow", " --steps 20 --streams 1"),
     "vsml-train --list-presets": ("run", ""),
     "vsml-train --method bptt --preset bptt-cpu --out runs/bptt": ("options", ""),
     "vsml-train --method clone --preset clone-cpu --out runs/clone": ("options", ""),
