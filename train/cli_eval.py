@@ -171,7 +171,7 @@ def run_suite(args: argparse.Namespace) -> None:
     print(result.markdown())
     for name in names:
         print(f"{name}: {json.dumps(suite_verdicts(result, name))}")
-    print(f"wrote {args.out}/: " + ", ".join(p.name for p in written[:3]) + f" and {len(written) - 2} plots")
+    print(f"wrote {args.out}/: summary.json, table.md and {len(written) - 2} plots (one per task)")
 
 
 def main(argv: list[str] | None = None) -> None:
