@@ -180,8 +180,12 @@ def tabular_suite(
         ("adam-linear", online_adam, TABULAR_ADAM_GRID),
     ):
         # {lr: {task: result}}; the one rate with the best suite mean is kept for every task
-        runs = {lr: {name: evaluate_one(factory(lr, init="zero"), s, seed=seed, first_steps=first)
-                     for name, s in streams.items()} for lr in grid}  # fmt: skip
+        runs: dict[float, dict[str, EvalResult]] = {}
+        for lr in grid:
+            learner = factory(lr, init="zero")
+            runs[lr] = {
+                name: _run_all([learner], s, seed, first, progress)[learner.name] for name, s in streams.items()
+            }
         best = max(grid, key=lambda lr: np.mean([r.summary.accuracy.mean for r in runs[lr].values()]))
         chosen[arch] = f"lr {best:g}, the best of {list(grid)} by suite mean"
         for name in tasks:
