@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from .data.augment import ClassSubset, RandomProjection, Resize
-from .data.datasets import DATASETS, load_dataset
-from .data.sampler import MNIST_MEAN, MNIST_STD, sample_streams, sample_synthetic_streams
+from .data.datasets import DATASETS
+from .data.sampler import dataset_streams, sample_synthetic_streams
 from .data.synthetic import SYNTHETIC_FAMILIES, make_family
 from .evaluation.baselines import reference_baselines
 from .evaluation.external import external_baselines, missing_external
@@ -241,9 +241,8 @@ def main(argv: list[str] | None = None) -> None:
             family = make_family(args.dataset, args.features, n_classes)
             return sample_synthetic_streams(family, n_streams=args.streams, n_steps=args.steps, seed=seed,
                                             augment=augment)  # fmt: skip
-        data = load_dataset(args.dataset, split, data_dir=args.data_dir)
-        return sample_streams(data.images, data.labels, n_streams=args.streams, n_steps=args.steps, seed=seed,
-                              augment=augment, mean=MNIST_MEAN, std=MNIST_STD, n_classes=data.n_classes)  # fmt: skip
+        return dataset_streams(args.dataset, split, n_steps=args.steps, n_streams=args.streams, seed=seed,
+                               augment=augment, data_dir=args.data_dir)  # fmt: skip
 
     eval_streams = streams(args.split, args.seed)
     tune_seed = np.random.SeedSequence(args.seed, spawn_key=(CLI_TUNE_KEY,))  # never the evaluation streams' seed

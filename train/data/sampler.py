@@ -27,6 +27,7 @@ Dimension letters: T steps, S streams, I examples (instances) of a dataset, A fe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..seeds import EPISODE_KEY
 from .augment import Augmentation, EpisodeTransform, draw_episode
-from .datasets import Dataset
+from .datasets import Dataset, load_dataset
 from .synthetic import TaskFamily
 
 MNIST_MEAN = 0.1307
@@ -321,3 +322,21 @@ class EpisodeSampler:
             f"EpisodeSampler(source={source}, n_streams={self.n_streams}, n_steps={self.n_steps}, "
             f"seed={self.seed}, augment={self.augment})"
         )
+
+
+def dataset_streams(
+    dataset: str,
+    split: str,
+    *,
+    n_steps: int,
+    n_streams: int,
+    seed: int | np.random.SeedSequence,
+    augment: Sequence[Augmentation] = (),
+    mean: float = MNIST_MEAN,
+    std: float = MNIST_STD,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> Streams:
+    """S streams of T examples of a named dataset's split (``sample_streams`` after ``load_dataset``)."""
+    data = load_dataset(dataset, split, data_dir=data_dir)
+    return sample_streams(data.images, data.labels, n_streams=n_streams, n_steps=n_steps, seed=seed,
+                          augment=augment, mean=mean, std=std, n_classes=data.n_classes)  # fmt: skip

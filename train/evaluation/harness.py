@@ -40,8 +40,8 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from ..data.datasets import Split, load_dataset
-from ..data.sampler import MNIST_MEAN, MNIST_STD, Streams, sample_streams
+from ..data.datasets import Split
+from ..data.sampler import MNIST_MEAN, MNIST_STD, Streams, dataset_streams
 from ..seeds import PROTOCOL_TUNE_KEY
 from .baselines import ReferenceFigures, reference_baselines
 from .learners import OnlineLearner
@@ -272,17 +272,8 @@ class EvalProtocol:
 
 
 def _draw(protocol: EvalProtocol, split: Split, seed: int | np.random.SeedSequence, data_dir: PathLike) -> Streams:
-    data = load_dataset(protocol.dataset, split, data_dir=data_dir)
-    return sample_streams(
-        data.images,
-        data.labels,
-        n_streams=protocol.n_streams,
-        n_steps=protocol.n_steps,
-        seed=seed,
-        mean=protocol.mean,
-        std=protocol.std,
-        n_classes=data.n_classes,
-    )
+    return dataset_streams(protocol.dataset, split, n_steps=protocol.n_steps, n_streams=protocol.n_streams,
+                           seed=seed, mean=protocol.mean, std=protocol.std, data_dir=data_dir)  # fmt: skip
 
 
 def protocol_streams(protocol: EvalProtocol, *, data_dir: PathLike = None) -> Streams:

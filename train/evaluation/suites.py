@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from ..data.augment import Augmentation, ClassSubset, RandomProjection, Resize
-from ..data.datasets import load_dataset
-from ..data.sampler import MNIST_MEAN, MNIST_STD, Streams, sample_streams
+from ..data.datasets import Split
+from ..data.sampler import Streams, dataset_streams
 from ..data.tabular import SUITE, Table, TableSpec, load_table
 from ..seeds import SUITE_TUNE_TASK, task_seed
 from .baselines import online_adam, online_sgd
@@ -213,10 +213,9 @@ def invariance_tasks(datasets: Sequence[str] = ("mnist", "fashion-mnist")) -> li
     return tasks
 
 
-def _image_streams(task: ImageTask, split: str, n_steps: int, n_streams: int, seed: Any, data_dir: Any) -> Streams:
-    data = load_dataset(task.dataset, split, data_dir=data_dir)
-    return sample_streams(data.images, data.labels, n_streams=n_streams, n_steps=n_steps, seed=seed,
-                          augment=task.augment, mean=MNIST_MEAN, std=MNIST_STD, n_classes=data.n_classes)  # fmt: skip
+def _image_streams(task: ImageTask, split: Split, n_steps: int, n_streams: int, seed: Any, data_dir: Any) -> Streams:
+    return dataset_streams(task.dataset, split, n_steps=n_steps, n_streams=n_streams, seed=seed,
+                           augment=task.augment, data_dir=data_dir)  # fmt: skip
 
 
 def invariance_suite(
