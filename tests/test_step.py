@@ -110,7 +110,7 @@ def test_fast_and_naive_match_per_cell_reference(name: str, pop: int | None) -> 
     state = random_state(config, a, b, p, e, 1, params)
     x, y = make_inputs(p, e, a, b, 3, 2)
     y1h = labels_to_onehot(y, b, DT)
-    impls = ("fast", "blocked", "chunked", "naive")
+    impls = ("fast", "fused", "blocked", "chunked", "naive")
     states = dict.fromkeys(impls, state)
     s_ref = state
     for t in range(x.shape[0]):

@@ -11,6 +11,8 @@ and the batch averaging, chosen by ``impl``:
 
 * ``fast`` (default), ``blocked``, ``chunked``, ``naive``: the visits of
   ``vsml_train.model.visits`` with ``cell.average_and_clip``;
+* ``fused``: ``vsml_train.model.visit_fused``, the micro ticks in a compiled C
+  loop (no autograd; falls back to ``fast`` where the kernel cannot run);
 * ``onnx``: ``vsml_train.model.visit_onnx``, the same numbers arranged for
   ONNX Runtime (what the exporter traces), with the batch averaging under an
   ``If (E > 1)``; one V_M only (no population axis).
@@ -42,13 +44,15 @@ from .cell import (
 from .config import VSMLConfig
 from .params import Params
 from .state import VSMLState
+from .visit_fused import fused_schedule, visit_fused
 from .visit_onnx import average_and_clip_onnx, visit_onnx
 from .visits import visit_blocked, visit_chunked, visit_fast, visit_naive
 
-Impl = Literal["fast", "blocked", "chunked", "naive", "onnx"]
+Impl = Literal["fast", "fused", "blocked", "chunked", "naive", "onnx"]
 
 IMPLS: dict[str, tuple[VisitFn, AverageFn]] = {
     "fast": (visit_fast, average_and_clip),
+    "fused": (visit_fused, average_and_clip),
     "blocked": (visit_blocked, average_and_clip),
     "chunked": (visit_chunked, average_and_clip),
     "naive": (visit_naive, average_and_clip),
@@ -78,6 +82,9 @@ def step(
         (state at t+1, logits y_hat_t [P, E, B]).
     """
     visit, average = IMPLS[impl]
+    last_visit = visit  # each layer's last visit of the step (impl "fused" clips in it)
+    if impl == "fused":
+        last_visit, average = fused_schedule(config, x.shape[1])
     k_layers = config.n_layers
     hs, cs = list(state.h), list(state.c)
     t = state.t
@@ -93,7 +100,8 @@ def step(
         p = layer_params(params, k, config)
         bwd_in = None if config.backward_pass else state.bwd[k]
         want_bwd = (not config.backward_pass) and k > 0
-        hs[k], cs[k], fwd_out, bwd_out = visit(p, hs[k], cs[k], fwd_in, bwd_in, extras[k], config, True, want_bwd)
+        fwd_visit = visit if config.backward_pass else last_visit
+        hs[k], cs[k], fwd_out, bwd_out = fwd_visit(p, hs[k], cs[k], fwd_in, bwd_in, extras[k], config, True, want_bwd)
         fwd_ins.append(fwd_in)
         if want_bwd:
             assert bwd_out is not None
@@ -107,7 +115,7 @@ def step(
         bwd_in = err
         for k in reversed(range(k_layers)):
             p = layer_params(params, k, config)
-            hs[k], cs[k], _, bwd_out = visit(p, hs[k], cs[k], fwd_ins[k], bwd_in, extras[k], config, False, k > 0)
+            hs[k], cs[k], _, bwd_out = last_visit(p, hs[k], cs[k], fwd_ins[k], bwd_in, extras[k], config, False, k > 0)
             if k > 0:
                 assert bwd_out is not None
                 bwd_in = bwd_out
