@@ -83,6 +83,7 @@ class RolloutTrainer:
     """
 
     name: str
+    gradient_free = False  # ES, CMA-ES: rollouts without autograd, where impl "fast" means the fused kernel
 
     def __init__(
         self,
@@ -99,6 +100,9 @@ class RolloutTrainer:
         self.config, self.options, self.seed = config, options, seed
         self.device = torch.device(device)
         self.tasks = default_tasks(tasks, options.tasks, seed)
+        if self.gradient_free and impl == "fast" and not compile:
+            impl = "fused"  # same numbers (the per-cell parity tests), ~1.6-1.8x faster ES rollouts on CPU
+        self.impl = impl
         self.step_fn = make_step_fn(config, impl, compile)
         self.setup(starting_params(config, seed, init))
 

@@ -85,6 +85,7 @@ class CmaesTrainer(RolloutTrainer):
     """
 
     name = "cmaes"
+    gradient_free = True
 
     def setup(self, start: Params) -> None:
         self.world: World = current_world()

@@ -185,6 +185,7 @@ class EsTrainer(RolloutTrainer):
     """
 
     name = "es"
+    gradient_free = True
 
     def setup(self, start: Params) -> None:
         self.world: World = current_world()
