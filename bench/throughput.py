@@ -169,8 +169,8 @@ def learner_rows(tmp: Path, rounds: int) -> list[tuple[str, dict[str, float]]]:
         xt, yt = torch.from_numpy(x1).reshape(1, 1, a), torch.nn.functional.one_hot(torch.tensor([[3]]), 10).float()
         fused_step = make_step_fn(cfg, "fused")
         fns: dict[str, Callable[[], object]] = {
-            "learner": lambda single=single, x1=x1: single.learn(x1, y1),
-            "fused step": lambda f=fused_step, s=state, xt=xt, yt=yt: torch.no_grad()(f)(params, s, xt, yt),
+            "learner": lambda single=single, x1=x1, y1=y1: single.learn(x1, y1),
+            "fused step": lambda f=fused_step, p=params, s=state, xt=xt, yt=yt: torch.no_grad()(f)(p, s, xt, yt),
         }
         ms = interleaved(fns, rounds, 20)  # single examples apart from the batches (whose state evicts theirs)
         if batched:
@@ -196,8 +196,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     only = args.only.split(",")
+    kern = "on" if fused_available() else "OFF"
     print(f"torch {torch.__version__}, 1 thread, T = {args.steps}, {platform.processor() or platform.machine()}, "
-          f"affinity {sorted(os.sched_getaffinity(0))}, fused kernel {'on' if fused_available() else 'OFF'}")  # fmt: skip
+          f"affinity {sorted(os.sched_getaffinity(0))}, fused kernel {kern}")  # fmt: skip
     print(f"{'row':28s} {'base ms':>8s} {'new ms':>8s} {'base/new':>8s} {'JAX ms*':>8s} {'vsml ms*':>8s} "
           f"{'JAX/new (proj.)':>15s} {'target':>6s} {'max|d|':>8s}")  # fmt: skip
     ref = VSMLConfig()

@@ -8,10 +8,12 @@ rollout, the update) and the model alone (the same rollout on pre-sampled
 tensors, plus the backward pass for BPTT). "rest" is everything but the
 model: sampling, noise, bookkeeping, the optimizer. Throughput is in
 cell-steps/s = learners x A x B x micro ticks per second (the backward-pass
-option counts its second tick), next to the authors' JAX figures measured on
-a 2-core machine of the reference kind (ES with 64 perturbed episodes, N = 16:
-0.137 ms per episode-step at 64 inputs, 2.01 ms at 784; BPTT through a
-100-step episode: 1.29 ms per step at 64 inputs, 12.6 ms at 784).
+option counts its second tick), next to the authors' JAX figures of issue 12
+(jit with XLA, one thread, ``taskset -c 0``, on the issue's machine, not this
+one: ES with 64 perturbed episodes, N = 16: 0.265 ms per episode-step at 64
+inputs, 3.37 ms at 784; BPTT value+grad through a 100-step episode: 1.49 ms
+per step at 64 inputs, 18.8-26.9 ms at 784). For same-run ratios against a
+baseline (the pre-issue-12 eager path) see ``bench/throughput.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from vsml_train.model.params import flatten
 from vsml_train.model.state import state_from_noise
 from vsml_train.seeds import derive_seed
 
-JAX_MS = {("es", 64): 0.137, ("es", 784): 2.01, ("bptt", 64): 1.29, ("bptt", 784): 12.6}
+# issue 12's table (the authors' JAX, one core of the issue's machine); 784 BPTT: the middle of 18.8-26.9
+JAX_MS = {("es", 64): 0.265, ("es", 784): 3.37, ("bptt", 64): 1.49, ("bptt", 784): 22.85}
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def main() -> None:
             f"{r['ms_per_step']:8.2f} {100 * r['rest_share']:5.1f}% {jax_s}",
             flush=True,
         )
-    print("JAX ms: ES per episode-step, BPTT per step of one 100-step episode (authors' code, 2-core machine).")
+    print("JAX ms: ES per episode-step, BPTT per step of one 100-step episode (issue 12, one core of its machine).")
 
 
 if __name__ == "__main__":
