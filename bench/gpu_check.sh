@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# GPU check of vsml-export + vsml_runtime, prepared to run on a bare NVIDIA machine (python3 with torch,
-# onnx, onnxscript, click, numpy and pytest installed, no PyPI): parity tests and the runtime benchmark
-# with ONNX Runtime's CUDA provider; logs go to $OUT (default /tmp/vsml_gpu_out).
+# GPU check of vsml-export + vsml_runtime + meta-training, prepared to run on a bare NVIDIA machine (python3
+# with torch, onnx, onnxscript, click, numpy and pytest installed, no PyPI). What it covers:
+#   * ONNX Runtime CUDA with device-resident state: tests/test_runtime_gpu.py (state stays on the device,
+#     CUDA vs CPU parity, CUDA graphs vs plain CUDA, pools) and the parity tests of the export;
+#   * the runtime timed on CUDA, plain and with CUDA graphs (bench/runtime.py --cuda-graph), including a
+#     pool of 1,024 learners in one call (cases 784-10-n16-pool1024, 64-10-n16-pool1024);
+#   * ES with a population of 1,024 on the device and BPTT value+grad on the device, timed, each checked
+#     against the CPU (bench/gpu_es.py; exit 1 on a parity failure);
+#   * the CPU rows of the same host for reference.
+# Results: $OUT when set (the device machine's out folder), else bench/results/gpu-DATE/ in this checkout;
+# copy a device run's files to bench/results/gpu-DATE/ and add a note (command, date, machine).
 #
 # ONNX Runtime GPU travels in parts made by bench/gpu_wheels.sh (at most 64 MiB reach the machine per
 # call), staged on the machine while it stays warm:
@@ -10,12 +18,14 @@
 #   call K:       carry [".whl/ort-gpu.partLAST", ".whl/ort-gpu.sha256"]   bash bench/gpu_check.sh run
 #
 # (If onnxruntime-gpu can be installed some other way, `bash bench/gpu_check.sh run` works without parts.)
-# Each part below has its own time limit (460 s in all), so a run stays under 8 minutes.
+# Each part below has its own time limit (730 s in all; a device command may run 600 s, so on a 15-minute
+# device budget run it as two calls: `bash bench/gpu_check.sh run` with PARTS=tests,runtime then
+# PARTS=meta,pool,cpu -- every part is skipped unless named in PARTS, default all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
 STAGE=/tmp/vsml_gpu
-OUT=${OUT:-/tmp/vsml_gpu_out}
+OUT=${OUT:-bench/results/gpu-$(date +%F)}
 mkdir -p "$STAGE/parts" "$OUT"
 
 stage_parts() {
@@ -64,20 +74,40 @@ print("numpy", numpy.__version__)
 EOF
 
 rc=0
-echo "== tests (CUDA provider: the Learner's device='auto' picks it)" | tee "$OUT/tests.log"
-timeout 120 python3 -m pytest -q -p no:cacheprovider -s tests/test_runtime_gpu.py tests/test_runtime_stream.py \
-  tests/test_runtime_learner.py tests/test_export_parity.py 2>&1 | tail -n 60 | tee -a "$OUT/tests.log"
-rc=$((rc | ${PIPESTATUS[0]}))
-
-echo "== benchmark, CUDA (no torch.compile)" | tee "$OUT/bench_cuda.log"
-timeout 100 python3 bench/runtime.py --device cuda --no-compile --cuda-graph --budget 0.5 --json "$OUT/bench_cuda.json" 2>&1 \
-  | tee -a "$OUT/bench_cuda.log"
-echo "== benchmark, CUDA with torch.compile, one example per step" | tee -a "$OUT/bench_cuda.log"
-timeout 90 python3 bench/runtime.py --device cuda --budget 0.5 --cases 784-10-n16-e1,784-10-n32-e1,64-10-n16-e1 \
-  --json "$OUT/bench_cuda_compile.json" 2>&1 | tee -a "$OUT/bench_cuda.log"
-echo "== benchmark, CPU of this host (1 thread), one example per step, with torch.compile" | tee "$OUT/bench_cpu.log"
-timeout 150 python3 bench/runtime.py --device cpu --budget 0.5 \
-  --cases 784-10-n16-e1,784-10-n32-e1,64-10-n16-e1,784-32-10-n16-e1,784-10-n16-pool64 \
-  --json "$OUT/bench_cpu.json" 2>&1 | tee -a "$OUT/bench_cpu.log"
-echo "== done in $(( $(date +%s) - start ))s, tests rc=$rc" | tee -a "$OUT/env.txt"
+PARTS=${PARTS:-all}
+want() { [ "$PARTS" = all ] || [[ ",$PARTS," == *",$1,"* ]]; }
+if want tests; then
+  echo "== tests (CUDA provider: the Learner's device='auto' picks it)" | tee "$OUT/tests.log"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -s tests/test_runtime_gpu.py tests/test_runtime_stream.py \
+    tests/test_runtime_learner.py tests/test_export_parity.py tests/test_fused.py 2>&1 | tail -n 60 | tee -a "$OUT/tests.log"
+  rc=$((rc | ${PIPESTATUS[0]}))
+fi
+if want runtime; then
+  echo "== benchmark, CUDA (no torch.compile), plain and with CUDA graphs" | tee "$OUT/bench_cuda.log"
+  timeout 100 python3 bench/runtime.py --device cuda --no-compile --cuda-graph --budget 0.5 --json "$OUT/bench_cuda.json" 2>&1 \
+    | tee -a "$OUT/bench_cuda.log"
+  echo "== benchmark, CUDA with torch.compile, one example per step" | tee -a "$OUT/bench_cuda.log"
+  timeout 90 python3 bench/runtime.py --device cuda --budget 0.5 --cases 784-10-n16-e1,784-10-n32-e1,64-10-n16-e1 \
+    --json "$OUT/bench_cuda_compile.json" 2>&1 | tee -a "$OUT/bench_cuda.log"
+fi
+if want pool; then
+  echo "== runtime, pools of 1,024 learners on CUDA (plain and CUDA graphs)" | tee "$OUT/bench_cuda_pool.log"
+  timeout 120 python3 bench/runtime.py --device cuda --no-compile --cuda-graph --budget 0.5 \
+    --cases 784-10-n16-pool1024,64-10-n16-pool1024 --json "$OUT/bench_cuda_pool1024.json" 2>&1 \
+    | tee -a "$OUT/bench_cuda_pool.log"
+  rc=$((rc | ${PIPESTATUS[0]}))
+fi
+if want meta; then
+  echo "== meta-training on the device: ES population 1,024, BPTT value+grad, parity with the CPU" | tee "$OUT/meta.log"
+  timeout 150 python3 bench/gpu_es.py --device cuda --pop 1024 --steps 100 --json "$OUT/meta_cuda.json" 2>&1 \
+    | tee -a "$OUT/meta.log"
+  rc=$((rc | ${PIPESTATUS[0]}))
+fi
+if want cpu; then
+  echo "== benchmark, CPU of this host (1 thread), one example per step, with torch.compile" | tee "$OUT/bench_cpu.log"
+  timeout 150 python3 bench/runtime.py --device cpu --budget 0.5 \
+    --cases 784-10-n16-e1,784-10-n32-e1,64-10-n16-e1,784-32-10-n16-e1,784-10-n16-pool64 \
+    --json "$OUT/bench_cpu.json" 2>&1 | tee -a "$OUT/bench_cpu.log"
+fi
+echo "== done in $(( $(date +%s) - start ))s, parts $PARTS, rc=$rc" | tee -a "$OUT/env.txt"
 exit $rc

@@ -79,6 +79,11 @@ CASES = [
     Case("64-10-n16-e1", 64, 10, 16, jax_ms=0.234),
     Case("784-10-n16-ln-bp-e1", 784, 10, 16, extra={"layer_norm": True, "backward_pass": True}),
 ]
+# device-sized pools, run only when named in --cases (bench/gpu_check.sh): 1,024 learners in one call
+LARGE_CASES = [
+    Case("784-10-n16-pool1024", 784, 10, 16, p=1024),
+    Case("64-10-n16-pool1024", 64, 10, 16, p=1024),
+]
 
 
 CLOCK = time.perf_counter  # set to time.process_time on CPU runs (see main)
@@ -204,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     global CLOCK
     use_cpu_clock = args.clock == "cpu" or (args.clock == "auto" and args.device == "cpu")
     CLOCK = time.process_time if use_cpu_clock else time.perf_counter
-    wanted = [c for c in CASES if not args.cases or c.name in args.cases.split(",")]
+    names = args.cases.split(",") if args.cases else None
+    wanted = [c for c in CASES + LARGE_CASES if c.name in names] if names else list(CASES)
     if not wanted:
-        print(f"no such case; known: {', '.join(c.name for c in CASES)}", file=sys.stderr)
+        print(f"no such case; known: {', '.join(c.name for c in CASES + LARGE_CASES)}", file=sys.stderr)
         return 2
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
