@@ -106,3 +106,10 @@ def test_gradient_free_trainers_default_to_fused() -> None:
     tasks = LinearTeacherTasks(3, 2, 6, seed=4, block=2)
     assert EsTrainer(VSMLConfig(), EsOptions(pairs=1), seed=0, tasks=tasks).impl == "fused"
     assert EsTrainer(VSMLConfig(), EsOptions(pairs=1), seed=0, tasks=tasks, impl="naive").impl == "naive"
+
+
+def test_build_into_an_unwritable_cache_returns_none(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.warns(UserWarning, match="fused kernel not built"):
+        assert vf.build(blocker / "cache") is None

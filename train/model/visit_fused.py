@@ -38,7 +38,9 @@ from .params import Params, base_ndim
 from .visits import visit_fast
 
 SOURCE = Path(__file__).with_name("fused_ticks.c")
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-mprefer-vector-width=512", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-shared", "-fPIC"]
+if platform.machine().lower() in ("x86_64", "amd64"):
+    FLAGS.insert(4, "-mprefer-vector-width=512")  # x86 only; gcc otherwise keeps 256-bit vectors on AVX-512
 _LIB: ctypes.CDLL | None = None
 _TRIED = False
 
@@ -65,15 +67,15 @@ def build(cache: Path | None = None) -> Path | None:
     lib = folder / f"fused_ticks-{key}.so"
     if lib.exists():
         return lib
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        out = Path(tmp) / lib.name
-        try:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            out = Path(tmp) / lib.name
             subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as err:
-            warnings.warn(f"vsml: fused kernel not built ({err}); using the plain visit", stacklevel=2)
-            return None
-        os.replace(out, lib)  # atomic: concurrent builders leave one complete file
+            os.replace(out, lib)  # atomic: concurrent builders leave one complete file
+    except (OSError, subprocess.CalledProcessError) as err:  # no compiler, a failed build, a read-only cache
+        warnings.warn(f"vsml: fused kernel not built ({err}); using the plain visit", stacklevel=2)
+        return None
     return lib
 
 
@@ -85,8 +87,13 @@ def kernel() -> ctypes.CDLL | None:
     if not _TRIED:
         _TRIED = True
         path = build()
+        lib = None
         if path is not None:
-            lib = ctypes.CDLL(str(path))
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as err:  # e.g. a cache on a noexec mount
+                warnings.warn(f"vsml: fused kernel not loaded ({err}); using the plain visit", stacklevel=2)
+        if lib is not None:
             for name in ("vsml_ticks_f32", "vsml_ticks_f64"):
                 getattr(lib, name).restype = None
                 getattr(lib, name).argtypes = [ctypes.c_int64] * 8 + [ctypes.c_double] + [ctypes.c_void_p] * 7
@@ -133,7 +140,7 @@ def visit_fused(
         h, c [P, E, A, B, N]; fwd_out [P, E, B, M] or None; bwd_out [P, E, A, M] or None.
     """
     n = config.state_size
-    lib = kernel()
+    lib = None if is_tracing() else kernel()  # nothing to build or load while torch.compile / export trace
     if not _usable(lib, p, [h, c, fwd_in, bwd_in], n):
         h, c, fwd_out, bwd_out = visit_fast(p, h, c, fwd_in, bwd_in, extras, config, want_fwd, want_bwd)
         if clip is not None:
