@@ -1,6 +1,7 @@
 """Benchmark one VSML step on the CPU: the fast step (eager and compiled) against the naive step.
 
 Run as ``python bench/step.py [--threads 2] [--seconds 2] [--clock wall|cpu] [--no-compile]``.
+Where the C kernel builds, impl "fused" (``vsml_train.model.visit_fused``) is timed too.
 
 Dimension letters as in ``vsml_train.model.step``: P learners (1 here), E examples
 per step, A inputs, B outputs, N state, M message.
@@ -36,6 +37,7 @@ from vsml_train.model.config import VSMLConfig
 from vsml_train.model.episode import make_step_fn
 from vsml_train.model.params import init_params
 from vsml_train.model.state import init_state
+from vsml_train.model.visit_fused import fused_available
 
 # (A, B, N, E, layer_norm)
 ROWS: list[tuple[int, int, int, int, bool]] = [
@@ -119,6 +121,8 @@ def bench_row(
     x = torch.randn(1, e, a, generator=gen)  # [P, E, A]
     y = F.one_hot(torch.randint(0, b, (1, e), generator=gen), b).float()  # [P, E, B]
     fns: dict[str, Callable] = {"fast": make_step_fn(config, impl="fast")}
+    if fused_available():
+        fns["fused"] = make_step_fn(config, impl="fused")
     if compile_:
         fns["fast+compile"] = make_step_fn(config, impl="fast", compile=True)
     fns["naive"] = make_step_fn(config, impl="naive")
@@ -168,7 +172,7 @@ def main() -> None:
     print(f"fp32 torch.mm 1024x1024: {rate:.1f} GFLOP/s (median of 10)")
     print(FLOP_MODEL)
     print("defaults: VSMLConfig() (M=8, micro_ticks=2, one layer, batch_average='half', clip 4), P=1, no_grad")
-    impls = ["fast", *(["fast+compile"] if compile_ else []), "naive"]
+    impls = ["fast", *(["fused"] if fused_available() else []), *(["fast+compile"] if compile_ else []), "naive"]
     head = f"{'A':>4} {'B':>3} {'N':>3} {'E':>3} {'LN':>3} | " + " ".join(f"{k + ' ms':>15}" for k in impls)
     head += " | naive/fast" + (" naive/comp" if compile_ else "")
     head += " | " + " ".join(f"{k + ' GF/s':>17}" for k in impls) + " | rounds compile_s max|d|"
