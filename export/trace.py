@@ -54,6 +54,9 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
         if name == "t":
             layout[name] = ("P", "E")
             continue
+        if name in ("x_mean", "x_sq"):  # online_norm's moments, one per input feature (not the bias input)
+            layout[name] = ("P", "E", fmt.FEATURES_AXIS)
+            continue
         kind, k = name.rsplit("_", 1)
         k_i = int(k)
         if kind in ("h", "c"):

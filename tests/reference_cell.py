@@ -8,6 +8,8 @@ it checks the fast and naive steps. Tiny sizes only.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -105,12 +107,30 @@ def reference_step(
         ]
         return fwd_out, bwd_out
 
-    def err_msg(lg: Tensor, yy: Tensor) -> list[Tensor]:
-        e = (torch.softmax(lg, 0) - yy) * yy.sum()
+    def err_msg(lg: Tensor, yy: Tensor, p: int, e_i: int) -> list[Tensor]:
+        e = (torch.softmax(lg, 0) - yy) * yy.sum() * config.error_scale
+        if config.error_decay_steps is not None:
+            e = e * (1.0 + float(state.t[p, e_i]) / config.error_decay_steps) ** (-config.error_decay_power)
         lab = yy if config.feed_label else torch.zeros_like(yy)
         return [torch.cat([e[b : b + 1], lab[b : b + 1], torch.zeros(M - 2, dtype=x.dtype)]) for b in range(len(yy))]
 
     zero = torch.zeros(M, dtype=x.dtype)
+    norm = None
+    if config.online_norm:  # feature by feature: the running moments over (q prior examples, every x so far)
+        x_new, mean_new, sq_new = x.clone(), state.norm[0].clone(), state.norm[1].clone()
+        q = config.online_norm_prior
+        for p in range(P):
+            for e in range(E):
+                n_seen = float(state.t[p, e]) * E  # examples before this step
+                for a in range(x.shape[2]):
+                    mean = (float(state.norm[0][p, e, a]) * (n_seen + q) + float(x[p, :, a].sum())) / (n_seen + E + q)
+                    sq = (float(state.norm[1][p, e, a]) * (n_seen + q) + float((x[p, :, a] ** 2).sum())) / (
+                        n_seen + E + q
+                    )
+                    mean_new[p, e, a], sq_new[p, e, a] = mean, sq
+                    sd = math.sqrt(max(sq - mean * mean, 0.0) + config.online_norm_eps)
+                    x_new[p, e, a] = (x[p, e, a] - mean) / sd
+        x, norm = x_new, (mean_new, sq_new)
     for p in range(P):
         for e in range(E):
             fwd = [torch.cat([x[p, e, a : a + 1], torch.zeros(M - 1, dtype=x.dtype)]) for a in range(x.shape[2])]
@@ -130,7 +150,7 @@ def reference_step(
             bound = config.tanh_bound
             lg = torch.stack([bound * torch.tanh(config.output_gain * m[config.output_channel] / bound) for m in fwd])
             logits[p, e] = lg
-            err = err_msg(lg, y[p, e])
+            err = err_msg(lg, y[p, e], p, e)
             if config.backward_pass:
                 bwd = err
                 for k in reversed(range(K)):
@@ -160,4 +180,4 @@ def reference_step(
     if not config.backward_pass:
         bwd_t = tuple(torch.stack([torch.stack(new_bwd[k][p]) for p in range(P)]) for k in range(K))
     t = None if state.t is None else state.t + 1
-    return VSMLState(h=tuple(hs), c=tuple(cs), bwd=bwd_t, t=t), logits
+    return VSMLState(h=tuple(hs), c=tuple(cs), bwd=bwd_t, t=t, norm=norm), logits

@@ -54,6 +54,18 @@ CONFIGS = {
         "output_gain": 14.0,
     },
     "sqrt-bias-deep-ln": {"reduction": "sqrt", "bias_input": 1.0, "hidden": (4,), "layer_norm": True},
+    # online standardisation of the inputs and the annealed error (learner 5's options)
+    "norm-decay-bias": {
+        "online_norm": True,
+        "error_decay_steps": 5.0,
+        "error_decay_power": 0.7,
+        "reduction": "sqrt",
+        "bias_input": 3.0,
+        "init_mode": "encoded",
+        "batch_average": "full",
+        "backward_pass": True,
+    },
+    "norm-deep": {"online_norm": True, "hidden": (3,), "online_norm_eps": 0.5},
 }
 
 

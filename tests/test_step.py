@@ -52,6 +52,18 @@ CONFIGS: dict[str, dict] = {
     "encoded_init": {"init_mode": "encoded", "hidden": (2,), "shared_params": False},
     "small_state": {"state_size": 4, "msg_size": 3},
     "no_init_noise": {"init_random": False, "init_scale": 2.0},
+    "online_norm_error_decay": {"online_norm": True, "error_decay_steps": 7.0, "error_scale": 1.5},
+    "online_norm_bias_sqrt_bp": {
+        "online_norm": True,
+        "online_norm_eps": 0.3,
+        "online_norm_prior": 2.0,
+        "bias_input": 3.0,
+        "reduction": "sqrt",
+        "backward_pass": True,
+        "batch_average": "full",
+        "hidden": (2,),
+    },
+    "error_decay_only": {"error_decay_steps": 2.0, "error_decay_power": 1.0, "feed_label": False},
 }
 
 
@@ -83,6 +95,7 @@ def random_state(config: VSMLConfig, a: int, b: int, p: int, e: int, seed: int, 
         c=tuple(jitter(c, 1.0) for c in s.c),
         bwd=tuple(jitter(x, 0.5) for x in s.bwd),
         t=None if s.t is None else s.t + torch.arange(e, dtype=DT) * 3 + 5,
+        norm=None if s.norm is None else (jitter(s.norm[0], 1.0), s.norm[1] + jitter(s.norm[0], 0.5).abs()),
     )
 
 

@@ -32,6 +32,12 @@ SETTABLE = (
     "init_scale",
     "clip",
     "batch_average",
+    "online_norm",
+    "online_norm_eps",
+    "online_norm_prior",
+    "error_scale",
+    "error_decay_steps",
+    "error_decay_power",
 )
 
 

@@ -134,6 +134,7 @@ class StateSpec:
         dims = dict(self.dims)
         dims.update({self.sizes[-1]: n_classes, "P": n_learners, "E": n_examples})
         dims[self.sizes[0]] = n_features + self.bias_inputs
+        dims.setdefault(FEATURES_AXIS, n_features)  # the features alone (per-feature state, e.g. online_norm)
         return {name: tuple(dims[a] for a in self.layout[name]) for name in self.names}
 
     def layer_sizes(self, n_features: int, n_classes: int) -> list[int]:
@@ -285,7 +286,7 @@ def _check_state(spec: StateSpec, where: str) -> None:
             raise FormatError(f"{where}: state dim {key} must be an integer in [1, {MAX_DIM}], got {v!r}")
     if set(spec.layout) != set(names):
         raise FormatError(f"{where}: the state layout must name exactly the state tensors")
-    known = {"P", "E", spec.sizes[0], spec.sizes[-1], *spec.dims}
+    known = {"P", "E", FEATURES_AXIS, spec.sizes[0], spec.sizes[-1], *spec.dims}
     for name, axes in spec.layout.items():
         if not axes or any(not isinstance(a, str) or a not in known for a in axes):
             raise FormatError(f"{where}: state tensor {name!r} has unknown axes {axes!r}")

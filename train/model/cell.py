@@ -240,16 +240,48 @@ def read_logits(fwd_out: Tensor, config: VSMLConfig) -> Tensor:
     return bound * torch.tanh(config.output_gain * fwd_out[..., config.output_channel] / bound)
 
 
-def error_message(logits: Tensor, y: Tensor, config: VSMLConfig) -> Tensor:
+def error_message(logits: Tensor, y: Tensor, config: VSMLConfig, t: Tensor | None = None) -> Tensor:
     """Last layer's backward message [e_b, l_b, 0, ...]: [P, E, B] x2 -> [P, E, B, M].
 
-    e = (softmax(logits) - y) * (sum of y): examples whose y is all-zero (no
-    label) get a zero error; l = y when feed_label, else 0.
+    e = (softmax(logits) - y) * (sum of y) * s(t): examples whose y is all-zero
+    (no label) get a zero error; s(t) = error_scale * (1 + t / tau) ** -power
+    with ``error_decay_steps`` = tau (t [P, E], the steps before this one), else
+    error_scale. l = y when feed_label, else 0.
     """
     has_label = y.sum(-1, keepdim=True)
     e = (torch.softmax(logits, dim=-1) - y) * has_label
+    if config.error_scale != 1.0:
+        e = e * config.error_scale
+    if config.error_decay_steps is not None:
+        assert t is not None, "error_decay_steps needs the step count in the state"
+        e = e * torch.pow(1 + t / config.error_decay_steps, -config.error_decay_power).unsqueeze(-1)
     lab = y if config.feed_label else torch.zeros_like(y)
     return F.pad(torch.stack([e, lab], dim=-1), (0, config.msg_size - 2))
+
+
+def online_standardize(
+    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, config: VSMLConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Standardise each input feature by its running moments (``online_norm``, docs/model.md §3.4).
+
+    Args:
+        x: [P, E, A] this step's inputs (the features only, before any bias input).
+        x_mean, x_sq: [P, E, A] running mean and second moment over the examples
+            before this step (every example of a learner holds the same copy).
+        t: [P, E] steps before this one.
+    Returns:
+        (standardised x [P, E, A], x_mean', x_sq'), the moments now counting this
+        step's E examples: with the prior's q pseudo-examples of mean 0 and second
+        moment 1 and n = (t + 1) E examples seen, m' = m + E / (n + q) * (mean_E(x) - m),
+        i.e. the exact running averages of (q prior examples, every x so far).
+        x_hat = (x - mean') / sqrt(max(sq' - mean'^2, 0) + online_norm_eps).
+    """
+    e = fan_in(x, 1)
+    w = (e / ((t + 1) * e + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
+    mean = x_mean + w * (x.mean(1, keepdim=True) - x_mean)
+    sq = x_sq + w * ((x * x).mean(1, keepdim=True) - x_sq)
+    var = torch.clamp(sq - mean * mean, min=0.0)
+    return (x - mean) * torch.rsqrt(var + config.online_norm_eps), mean, sq
 
 
 # ---------------------------------------------------------------------------

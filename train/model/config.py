@@ -64,6 +64,20 @@ class VSMLConfig:
         coord_inputs: extra cell inputs a/(A-1) and b/(B-1) (paper appendix).
         time_input: extra cell input log1p(t) / 10 with t the step count.
         layer_input: extra cell input k / K for layer k of K (0-based k).
+        online_norm: standardise every input feature online before the first
+            layer (docs/model.md §3.4): running mean and second moment over the
+            examples seen so far, this step's included, started from
+            ``online_norm_prior`` pseudo-examples of mean 0 and variance 1; the
+            feature becomes (x - mean) / sqrt(var + ``online_norm_eps``). A
+            size-free front end: it makes the learner indifferent to each
+            feature's scale and offset, as Vowpal Wabbit's normalised updates.
+        online_norm_eps: added to the running variance (a constant feature maps to 0).
+        online_norm_prior: pseudo-examples of the prior (mean 0, variance 1).
+        error_scale: multiplier of the error channel of the output's backward message.
+        error_decay_steps: when set (tau), the error channel is further scaled by
+            (1 + t / tau) ** -error_decay_power at step t: an annealed step size
+            (docs/model.md §3.4); None keeps it constant.
+        error_decay_power: the power of that decay.
     """
 
     state_size: int = 16
@@ -89,6 +103,12 @@ class VSMLConfig:
     coord_inputs: bool = False
     time_input: bool = False
     layer_input: bool = False
+    online_norm: bool = False
+    online_norm_eps: float = 0.01
+    online_norm_prior: float = 1.0
+    error_scale: float = 1.0
+    error_decay_steps: float | None = None
+    error_decay_power: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -115,6 +135,18 @@ class VSMLConfig:
             errors.append(f"init_mode must be 'random' or 'encoded', got {self.init_mode!r}")
         if self.clip is not None and self.clip <= 0:
             errors.append(f"clip must be > 0 or None, got {self.clip}")
+        if not (math.isfinite(self.online_norm_eps) and self.online_norm_eps > 0):
+            errors.append(f"online_norm_eps must be a finite number > 0, got {self.online_norm_eps}")
+        if not (math.isfinite(self.online_norm_prior) and self.online_norm_prior > 0):
+            errors.append(f"online_norm_prior must be a finite number > 0, got {self.online_norm_prior}")
+        if not (math.isfinite(self.error_scale) and self.error_scale > 0):
+            errors.append(f"error_scale must be a finite number > 0, got {self.error_scale}")
+        if self.error_decay_steps is not None and not (
+            math.isfinite(self.error_decay_steps) and self.error_decay_steps > 0
+        ):
+            errors.append(f"error_decay_steps must be a finite number > 0 or None, got {self.error_decay_steps}")
+        if not (math.isfinite(self.error_decay_power) and self.error_decay_power >= 0):
+            errors.append(f"error_decay_power must be a finite number >= 0, got {self.error_decay_power}")
         if errors:
             raise ValueError("invalid VSMLConfig: " + "; ".join(errors))
 
@@ -122,6 +154,11 @@ class VSMLConfig:
     def n_layers(self) -> int:
         """K, the number of VSML layers (hidden layers + the output layer)."""
         return len(self.hidden) + 1
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the state carries the step count t (time input, online norm or error decay need it)."""
+        return self.time_input or self.online_norm or self.error_decay_steps is not None
 
     @property
     def n_extra_inputs(self) -> int:

@@ -6,10 +6,12 @@ learner, A_k / B_k the inputs / outputs of layer k, N state, M message.
     h[k], c[k]  [P, E, A_k, B_k, N]  sub-RNN states (the "weights")
     bwd[k]      [P, E, B_k, M]       backward message layer k receives at the
                                      next step (absent with backward_pass)
-    t           [P, E]               step count (only with time_input)
+    t           [P, E]               step count (only with ``config.counts_steps``)
+    x_mean      [P, E, A]            running mean of each input feature (only with
+    x_sq        [P, E, A]            online_norm) and its running second moment
 
-The flat names (``h_0``, ``c_0``, ``bwd_0``, ``t``) are the ONNX input and
-output names of the exported step.
+The flat names (``h_0``, ``c_0``, ``bwd_0``, ``t``, ``x_mean``, ``x_sq``) are
+the ONNX input and output names of the exported step.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class VSMLState:
     c: tuple[Tensor, ...]
     bwd: tuple[Tensor, ...]
     t: Tensor | None = None
+    norm: tuple[Tensor, Tensor] | None = None  # (x_mean, x_sq) [P, E, A] with online_norm
 
     def to_dict(self) -> dict[str, Tensor]:
         """Flat ``{name: tensor}`` with the ONNX names."""
@@ -43,6 +46,8 @@ class VSMLState:
             d[f"bwd_{k}"] = b
         if self.t is not None:
             d["t"] = self.t
+        if self.norm is not None:
+            d["x_mean"], d["x_sq"] = self.norm
         return d
 
     @classmethod
@@ -58,7 +63,8 @@ class VSMLState:
             h=tuple(d[f"h_{i}"] for i in range(k)),
             c=tuple(d[f"c_{i}"] for i in range(k)),
             bwd=tuple(d[f"bwd_{i}"] for i in range(k)) if not config.backward_pass else (),
-            t=d["t"] if config.time_input else None,
+            t=d["t"] if config.counts_steps else None,
+            norm=(d["x_mean"], d["x_sq"]) if config.online_norm else None,
         )
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> VSMLState:
@@ -68,6 +74,7 @@ class VSMLState:
             c=tuple(fn(x) for x in self.c),
             bwd=tuple(fn(x) for x in self.bwd),
             t=None if self.t is None else fn(self.t),
+            norm=None if self.norm is None else (fn(self.norm[0]), fn(self.norm[1])),
         )
 
 
@@ -78,8 +85,10 @@ def state_names(config: VSMLConfig) -> list[str]:
         names += [f"h_{k}", f"c_{k}"]
     if not config.backward_pass:
         names += [f"bwd_{k}" for k in range(config.n_layers)]
-    if config.time_input:
+    if config.counts_steps:
         names.append("t")
+    if config.online_norm:
+        names += ["x_mean", "x_sq"]
     return names
 
 
@@ -147,11 +156,18 @@ def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tens
         cs.append(c.unsqueeze(1).expand(-1, n_examples, -1, -1, n))
         bwds.append(torch.zeros_like(c[:, :1, :, :1]).expand(-1, n_examples, -1, m))  # [P, 1, B, 1] -> [P, E, B, M]
     t = torch.zeros_like(cs[0][:, :, 0, 0, 0])  # [P, E]
+    norm = None
+    if config.online_norm:
+        x_mean = torch.zeros_like(cs[0][:, :, :, 0, 0])  # [P, E, A_1]; A_1 counts the bias input
+        if config.n_bias_inputs:
+            x_mean = x_mean[:, :, : -config.n_bias_inputs]
+        norm = (x_mean, torch.ones_like(x_mean))  # the prior: mean 0, second moment 1
     return VSMLState(
         h=tuple(hs),
         c=tuple(cs),
         bwd=tuple(bwds) if not config.backward_pass else (),
-        t=t if config.time_input else None,
+        t=t if config.counts_steps else None,
+        norm=norm,
     )
 
 

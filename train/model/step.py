@@ -39,6 +39,7 @@ from .cell import (
     extra_inputs,
     input_message,
     layer_params,
+    online_standardize,
     read_logits,
 )
 from .config import VSMLConfig
@@ -88,6 +89,11 @@ def step(
     k_layers = config.n_layers
     hs, cs = list(state.h), list(state.c)
     t = state.t
+    norm = state.norm
+    if config.online_norm:
+        assert t is not None and norm is not None, "online_norm needs the step count and the moments in the state"
+        x, x_mean, x_sq = online_standardize(x, norm[0], norm[1], t, config)
+        norm = (x_mean, x_sq)
     fwd_in = input_message(x, config)
     fwd_ins: list[Tensor] = []
     extras = []
@@ -109,7 +115,7 @@ def step(
         assert fwd_out is not None
         fwd_in = fwd_out
     logits = read_logits(fwd_in, config)
-    err = error_message(logits, y, config)
+    err = error_message(logits, y, config, t)
     if config.backward_pass:
         # backward tick: layers K..1 on (x_t, e_t); errors reach every layer now
         bwd_in = err
@@ -123,5 +129,5 @@ def step(
         new_bwd[k_layers - 1] = err
     for k in range(k_layers):
         hs[k], cs[k] = average(hs[k], cs[k], config)
-    new_state = VSMLState(h=tuple(hs), c=tuple(cs), bwd=tuple(new_bwd), t=None if t is None else t + 1)
+    new_state = VSMLState(h=tuple(hs), c=tuple(cs), bwd=tuple(new_bwd), t=None if t is None else t + 1, norm=norm)
     return new_state, logits
