@@ -121,3 +121,15 @@ def test_runtime_pool_equals_single_learners(norm_onnx: Path) -> None:
     for t in range(15):
         got = pool.learn(x[t], y[t])
         assert np.array_equal(got, [singles[i].learn(x[t, i], int(y[t, i])) for i in range(p)])
+
+
+def test_predicting_many_rows_equals_predicting_each_alone(norm_onnx: Path) -> None:
+    """Rows of one predict call never share online_norm's moments (they are tiled over learners, not examples)."""
+    a, b = 6, 3
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((30, a)) * 3, rng.integers(0, b, 30)
+    learner = Learner(norm_onnx, a, b, seed=4)
+    learner.learn_stream(x[:20], y[:20])
+    _, many = learner.predict(x[20:], return_logits=True)
+    alone = np.stack([learner.predict(row, return_logits=True)[1] for row in x[20:]])
+    np.testing.assert_allclose(many, alone, rtol=1e-5, atol=1e-6)

@@ -27,9 +27,11 @@ LEARNERS = {
     "clone.pt": "2cc6ef80307225d9f759d725dc0f61e57f22273b54ac4c0c9923794ce53f5238",
     "bptt-mnist.pt": "5a45f85a2ed24a966e321c6852a1b494f4e648a021b2c2efdb73bb26f41087c9",
     "clone-cmaes.pt": SHIPPED_SHA256,  # learner 3: the default's V_M under its original config
+    "size-free.pt": SHIPPED_SHA256,  # learner 4: learner 3 with size-free pooling and a bias input
 }
-# what makes the default (learner 4) out of learner 3, with V_M unchanged (vsml-model set)
-DEFAULT_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
+# what makes learner 4 out of learner 3, then the default (learner 5) out of learner 4, V_M unchanged (vsml-model set)
+SIZE_FREE_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
+DEFAULT_CHANGES = {"online_norm": True, "online_norm_prior": 100, "output_gain": 40, "error_decay_steps": 300}
 FASHION_BOUND = 0.50
 NARROW_FIRST50_BOUND = 0.70
 
@@ -40,11 +42,14 @@ def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
     assert model.params_hash() == SHIPPED_SHA256
     assert model.meta["method"] == "cmaes"
     assert model.meta["spec"]["init_sha256"] == LEARNERS["clone.pt"]  # learner 3 improves learner 1
-    (derivation,) = model.meta["derivations"]  # learner 4 is learner 3 with a size-free config
-    assert derivation["parent"] == "clone-cmaes.pt" and derivation["changes"] == DEFAULT_CHANGES
-    assert derivation["parent_params_sha256"] == SHIPPED_SHA256
-    parent = load_model(Path(pt).parent / "learners" / "clone-cmaes.pt")
-    assert model.config == parent.config.replace(**DEFAULT_CHANGES)
+    size_free, default = model.meta["derivations"]  # learner 3 -> 4 (size-free config) -> 5 (front ends)
+    assert size_free["parent"] == "clone-cmaes.pt" and size_free["changes"] == SIZE_FREE_CHANGES
+    assert default["parent"] == "size-free.pt" and default["changes"] == DEFAULT_CHANGES
+    assert size_free["parent_params_sha256"] == default["parent_params_sha256"] == SHIPPED_SHA256
+    learners = Path(pt).parent / "learners"
+    learner3, learner4 = load_model(learners / "clone-cmaes.pt"), load_model(learners / "size-free.pt")
+    assert learner4.config == learner3.config.replace(**SIZE_FREE_CHANGES)
+    assert model.config == learner4.config.replace(**DEFAULT_CHANGES)
     meta = {p.key: p.value for p in onnx.load(pretrained_path()).metadata_props}
     hashes = [v for k, v in meta.items() if "sha256" in k and SHIPPED_SHA256 in v]
     assert hashes, f"the ONNX file does not carry the V_M hash {SHIPPED_SHA256[:12]}...: {sorted(meta)}"

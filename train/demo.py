@@ -82,7 +82,7 @@ def default_learner() -> tuple[VSMLLearner, str]:
         with resources.as_file(ref) as path:
             model = load_model(path)
         what = f"shipped pretrained V_M ({model.meta.get('method', '?')}, sha256 {model.params_hash()[:12]})"
-        return VSMLLearner(model.params, model.config, name="vsml"), what
+        return VSMLLearner(model.params, model.config, name="vsml", impl="fused"), what  # the C kernel; same numbers
     config = VSMLConfig()
     note = "randomly initialised V_M (seed 0): no pretrained learner is shipped yet, so expect chance accuracy"
     return VSMLLearner(init_params(config, 0), config, name="vsml-random"), note

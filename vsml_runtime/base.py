@@ -196,9 +196,12 @@ class LearnerBase(PickleByState):
             part = x[:, s0 : s0 + k]
             x32, _ = self._prepare(part, rows, update=False)
             m = part.shape[1]
-            tiled = {key: np.ascontiguousarray(np.repeat(v, m, axis=1)) for key, v in state.items()}
-            _, logits = eng.run_explicit(tiled, x32, np.full((p, m), -1, np.int64))
-            out[:, s0 : s0 + m] = logits
+            # the state tiled over the learner axis, one example each: rows never meet in a step (the
+            # examples of one step share batch statistics, e.g. online_norm's moments)
+            tiled = {key: np.ascontiguousarray(np.repeat(v, m, axis=0)) for key, v in state.items()}
+            x_rows = x32.reshape(p * m, 1, x32.shape[-1])
+            _, logits = eng.run_explicit(tiled, x_rows, np.full((p * m, 1), -1, np.int64))
+            out[:, s0 : s0 + m] = logits.reshape(p, m, -1)
         return out
 
     def _reset_rows(self, rows: Any, seeds: np.ndarray) -> None:
