@@ -1,0 +1,114 @@
+"""Score learner configurations on the selection sets that chose learner 5 (model card, "How the values were chosen").
+
+    python bench/select_front_ends.py vsml_runtime/assets/learners/size-free.pt \
+        "online_norm=true,online_norm_prior=100,output_gain=40,error_decay_steps=300" "output_gain=14"
+
+Each argument after the model is one set of config changes (``key=JSON value``,
+comma-separated; "" keeps the file's config). For each, it prints online
+accuracy / first-k on the three selection sets, none of which is an
+evaluation set:
+
+* MNIST's training split at 784 inputs, 2,000 steps x 4 streams, seed 7 (first 100);
+* the 8 dev tables of ``vsml_train.data.tabular.DEV_TABLES``, 1,000 x 4, seed 99 (first 50);
+* a synthetic family of sparse, imbalanced tables (``sparse_table``), 3 tables, 1,000 x 4 (first 50);
+
+and the mean of the six numbers (the selection score). Vowpal Wabbit's
+defaults and linear SGD / Adam run on the same streams for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from vsml_train.data.tabular import DEV_TABLES, load_table
+from vsml_train.evaluation.baselines import online_adam, online_sgd
+from vsml_train.evaluation.harness import EvalProtocol, protocol_streams
+from vsml_train.evaluation.learners import VSMLLearner
+from vsml_train.model.model_file import load_model
+
+
+def sparse_table(seed: int, n: int = 5000, a: int = 85, n_rare: int = 17) -> tuple[np.ndarray, np.ndarray]:
+    """x [n, a] float32 z-scored over the table, y [n] int64.
+
+    Student-t(3) features, ``n_rare`` of them replaced by rare 0/1 indicators; about 6% positives.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(3, size=(n, a))
+    rare = rng.choice(a, n_rare, replace=False)
+    x[:, rare] = (rng.random((n, n_rare)) < rng.uniform(0.01, 0.1, n_rare)).astype(float)
+    w = rng.normal(size=a) * (rng.random(a) < 0.3)
+    s = x @ w
+    y = (s > np.quantile(s, 0.94)).astype(np.int64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-12)
+    return x.astype(np.float32), y
+
+
+def table_streams(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 1000, streams: int = 4) -> tuple:
+    """[T, S, A] / [T, S] streams of distinct rows (one permutation per stream)."""
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.permutation(len(y))[:steps] for _ in range(streams)], 1)
+    return x[idx], y[idx]
+
+
+def selection_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray, int, int]]]:
+    """name -> [(x [T, S, A], y [T, S], n_classes, first_k)] for the three sets."""
+    mnist = protocol_streams(EvalProtocol(dataset="mnist", split="train", n_steps=2000, n_streams=4, seed=7))
+    dev = []
+    for spec in DEV_TABLES:
+        table = load_table(spec)
+        st = table.streams(1000, 4, seed=99)
+        dev.append((st.x, st.y, table.n_classes, 50))
+    sparse = [(*table_streams(*sparse_table(i), 100 + i), 2, 50) for i in range(3)]
+    return {"mnist-train": [(mnist.x, mnist.y, 10, 100)], "dev tables": dev, "sparse family": sparse}
+
+
+def score(run, sets: dict) -> dict[str, tuple[float, float]]:
+    """set name -> (mean online accuracy, first-k accuracy), averaged over the set's tasks."""
+    out = {}
+    for name, tasks in sets.items():
+        hits = [(run(x, y, b).argmax(-1) == y, k) for x, y, b, k in tasks]
+        out[name] = (float(np.mean([h.mean() for h, _ in hits])), float(np.mean([h[:k].mean() for h, k in hits])))
+    return out
+
+
+def parse_changes(text: str) -> dict:
+    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a model.pt file")
+    ap.add_argument("changes", nargs="*", default=[""], help="config changes, e.g. output_gain=40,online_norm=true")
+    ap.add_argument("--baselines", action="store_true", help="also score VW defaults, SGD lr 0.1 / 0.003, Adam 0.03")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model = load_model(args.model)
+    sets = selection_sets()
+    rows: dict[str, dict] = {}
+    for text in args.changes or [""]:
+        cfg = model.config.replace(**parse_changes(text))
+        learner = VSMLLearner(model.params, cfg, impl="fused")
+        rows[text or "(file's config)"] = score(lambda x, y, b, lr=learner: lr.run(x, y, b, seed=0), sets)
+    if args.baselines:
+        from vsml_train.evaluation.external import VowpalWabbitOAA
+
+        for name, base in {
+            "vw defaults": VowpalWabbitOAA(0.5),
+            "sgd lr 0.1": online_sgd(0.1, init="zero"),
+            "sgd lr 0.003": online_sgd(0.003, init="zero"),
+            "adam lr 0.03": online_adam(0.03, init="zero"),
+        }.items():
+            rows[name] = score(lambda x, y, b, bl=base: bl.run(x, y, b, seed=0), sets)
+    print("online accuracy / first 100 (MNIST) or first 50 (tables); score = mean of the six")
+    for name, r in rows.items():
+        cells = "  ".join(f"{k} {m:.4f} / {f:.3f}" for k, (m, f) in r.items())
+        total = np.mean([v for pair in r.values() for v in pair])
+        print(f"{name}\n    {cells}  score {total:.4f}")
+
+
+if __name__ == "__main__":
+    main()
