@@ -3,8 +3,9 @@
     python bench/select_front_ends.py vsml_runtime/assets/learners/size-free.pt \
         "online_norm=true,online_norm_prior=100,output_gain=40,error_decay_steps=300" "output_gain=14"
 
-Each argument after the model is one set of config changes (``key=JSON value``,
-comma-separated; "" keeps the file's config). For each, it prints online
+Each argument after the model is one set of config changes (``key=value``,
+comma-separated, the keys and values ``vsml-model set`` takes; "" keeps the
+file's config). For each, it prints online
 accuracy / first-k on the three selection sets, none of which is an
 evaluation set:
 
@@ -19,11 +20,11 @@ defaults and linear SGD / Adam run on the same streams for scale.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
 
+from vsml_train.cli_model import parse_changes
 from vsml_train.data.tabular import DEV_TABLES, load_table
 from vsml_train.evaluation.baselines import online_adam, online_sgd
 from vsml_train.evaluation.harness import EvalProtocol, protocol_streams
@@ -75,10 +76,6 @@ def score(run, sets: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
-def parse_changes(text: str) -> dict:
-    return {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in text.split(",") if kv)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a model.pt file")
@@ -90,7 +87,7 @@ def main() -> None:
     sets = selection_sets()
     rows: dict[str, dict] = {}
     for text in args.changes or [""]:
-        cfg = model.config.replace(**parse_changes(text))
+        cfg = model.config.replace(**parse_changes([kv for kv in text.split(",") if kv]))
         learner = VSMLLearner(model.params, cfg, impl="fused")
         rows[text or "(file's config)"] = score(lambda x, y, b, lr=learner: lr.run(x, y, b, seed=0), sets)
     if args.baselines:
