@@ -76,3 +76,36 @@ def test_state_dict_roundtrip_continues_identically() -> None:
         assert ma["loss"] == mb["loss"]
     for k, v in a.params().items():
         assert torch.equal(v, b.params()[k])
+
+
+def test_windowed_backward_gives_the_whole_graphs_gradient() -> None:
+    """Backpropagating window by window (memory of K steps) adds up to the truncated graph's gradient."""
+    whole, windowed = _trainer(truncation=3), _trainer(truncation=3)
+    lw, _ = whole.loss(0)
+    lw.backward()
+    loss, _, updates = windowed.accumulate(0)
+    assert updates == [] and math.isclose(loss, float(lw), rel_tol=1e-6)
+    for k, p in whole.vm.items():
+        g, h = p.grad, windowed.vm[k].grad
+        assert (g is None) == (h is None)
+        if g is not None:
+            assert h is not None and torch.allclose(g, h, rtol=1e-5, atol=1e-7), k
+
+
+def test_window_updates_step_once_per_window_and_resume_exactly() -> None:
+    tr = _trainer(truncation=5, window_updates=True)  # 20-step episodes: 4 updates per iteration
+    before = tr.params()["w_gates"].clone()
+    m = tr.step(0)
+    assert m["skipped"] == 0 and math.isfinite(m["loss"])
+    assert {float(v["step"]) for v in tr.opt.state_dict()["state"].values()} == {4.0}
+    assert not torch.equal(tr.params()["w_gates"], before)
+    b = _trainer(truncation=5, window_updates=True)
+    b.load_state_dict(tr.state_dict())
+    assert tr.step(1)["loss"] == b.step(1)["loss"]
+    for k, v in tr.params().items():
+        assert torch.equal(v, b.params()[k])
+
+
+def test_window_updates_need_a_truncation() -> None:
+    with pytest.raises(ValueError, match="window_updates needs a truncation"):
+        BpttOptions(window_updates=True)

@@ -5,9 +5,18 @@ one V_M (base-shaped parameters broadcast over the learner axis) in one
 ``run_episode`` call; the meta-loss is the mean online cross-entropy over every
 step, example and episode; its gradient w.r.t. V_M flows back through the whole
 unrolled episode (or, with ``truncation`` K, only within windows of K steps:
-``run_episode`` detaches the state every K steps); the gradient norm is clipped
-and Adam applies it. Public config: Adam 1e-3, clip 25, 128 episodes per
-update, LayerNorm on the messages.
+the state is detached every K steps); the gradient norm is clipped and Adam
+applies it. Public config: Adam 1e-3, clip 25, 128 episodes per update,
+LayerNorm on the messages.
+
+With ``truncation`` K the episode runs window by window and each window's
+share of the meta-loss is backpropagated before the next window runs, so
+memory holds K steps of the graph instead of T (the gradient equals the one
+of the whole truncated graph; a 784-input, N = 32 learner needs about 40 MB
+per episode-step, so whole 2,000-step episodes did not fit in 24 GB). With
+``window_updates`` Adam also steps after every window (online truncated BPTT,
+Williams & Peng 1990): T / K updates per episode, each window starting from the
+state the previous V_M left.
 
 Dimension letters: S episodes per update, T steps, E examples per step, A
 inputs, B classes, N state.
@@ -23,7 +32,7 @@ import torch
 
 from ..model.episode import online_loss, run_episode
 from ..model.params import Params, check_params
-from ..model.state import state_from_noise
+from ..model.state import VSMLState, state_from_noise
 from ..seeds import STATE, derive_seed
 from .base import RolloutTrainer
 from .es import cell_steps
@@ -39,7 +48,10 @@ class BpttOptions:
         lr: Adam learning rate.
         betas: Adam betas.
         grad_clip: clip the global gradient norm to this (None: no clipping).
-        truncation: detach the state every this many steps (None: full BPTT).
+        truncation: detach the state every this many steps (None: full BPTT); the
+            windows are backpropagated one at a time (memory of K steps).
+        window_updates: with ``truncation``, an Adam update after every window
+            instead of one per episode.
         tasks: the episodes' task mix.
     """
 
@@ -48,6 +60,7 @@ class BpttOptions:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = 25.0
     truncation: int | None = None
+    window_updates: bool = False
     tasks: TaskOptions = field(default_factory=TaskOptions)
 
     def __post_init__(self) -> None:
@@ -58,6 +71,8 @@ class BpttOptions:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.truncation is not None and self.truncation < 1:
             raise ValueError(f"truncation must be >= 1 or None, got {self.truncation}")
+        if self.window_updates and self.truncation is None:
+            raise ValueError("window_updates needs a truncation (the window length)")
 
 
 class BpttTrainer(RolloutTrainer):
@@ -73,13 +88,18 @@ class BpttTrainer(RolloutTrainer):
         self._names = sorted(self.vm)
         self.opt = torch.optim.Adam([self.vm[k] for k in self._names], lr=self.options.lr, betas=self.options.betas)
 
-    def loss(self, iteration: int) -> tuple[torch.Tensor, int]:
-        """The differentiable meta-loss of update ``iteration`` and its cell steps."""
+    def _start(self, iteration: int) -> tuple[Any, VSMLState]:
+        """The episodes of update ``iteration`` (x [T, S, E, A]) and their initial state."""
         s = self.options.episodes
         ep = self.tasks.sample(iteration, 0, s).to(self.device)
         keys = [derive_seed(self.seed, iteration, STATE, i) for i in range(s)]
         noise = member_noise(self.config, ep.x.shape[-1], ep.n_classes, keys)
         state = state_from_noise(self.config, self.vm, [z.to(self.device) for z in noise], ep.x.shape[2])
+        return ep, state
+
+    def loss(self, iteration: int) -> tuple[torch.Tensor, int]:
+        """The differentiable meta-loss of update ``iteration`` and its cell steps (the whole graph at once)."""
+        ep, state = self._start(iteration)
         res = run_episode(
             self.vm,
             self.config,
@@ -90,12 +110,39 @@ class BpttTrainer(RolloutTrainer):
             step_fn=self.step_fn,
             keep_grad_every=self.options.truncation,
         )
-        return online_loss(res.logits, ep.y).mean(), cell_steps(self.config, ep, s)
+        return online_loss(res.logits, ep.y).mean(), cell_steps(self.config, ep, self.options.episodes)
 
-    def step(self, iteration: int) -> dict[str, float]:
-        loss, work = self.loss(iteration)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+    def accumulate(self, iteration: int, update: bool = False) -> tuple[float, int, list[tuple[float, bool]]]:
+        """Backpropagate the meta-loss of ``iteration`` one truncation window at a time.
+
+        Each window's part of the mean online cross-entropy (its sum over the
+        window's [K, S, E] predictions divided by T * S * E) is backpropagated
+        before the next window runs from the detached state, so the gradients
+        add up to those of ``loss`` with the same truncation. With ``update``
+        Adam steps after every window (``window_updates``).
+
+        Returns:
+            (meta-loss, cell steps, [(gradient norm, applied)] of each update made).
+        """
+        k = self.options.truncation
+        assert k is not None, "accumulate needs a truncation"
+        ep, state = self._start(iteration)
+        t_steps, total = ep.x.shape[0], ep.y.numel()
+        loss, updates = 0.0, []
+        for t0 in range(0, t_steps, k):
+            x, y = ep.x[t0 : t0 + k], ep.y[t0 : t0 + k]
+            res = run_episode(self.vm, self.config, x, y, ep.n_classes, state=state, step_fn=self.step_fn)
+            part = online_loss(res.logits, y).sum() / total
+            part.backward()
+            loss += float(part.detach())
+            state = res.state.map(torch.Tensor.detach)
+            if update:
+                updates.append(self._apply())
+                self.opt.zero_grad(set_to_none=True)
+        return loss, cell_steps(self.config, ep, self.options.episodes), updates
+
+    def _apply(self) -> tuple[float, bool]:
+        """Clip the stored gradient and let Adam apply it unless it is non-finite: (norm, applied)."""
         params = [self.vm[k] for k in self._names]
         if self.options.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.options.grad_clip)
@@ -105,10 +152,22 @@ class BpttTrainer(RolloutTrainer):
         finite = bool(torch.isfinite(norm))
         if finite:  # a non-finite gradient would poison Adam's moments: skip the update
             self.opt.step()
+        return float(norm), finite
+
+    def step(self, iteration: int) -> dict[str, float]:
+        self.opt.zero_grad(set_to_none=True)
+        if self.options.truncation is None:
+            loss_t, work = self.loss(iteration)
+            loss_t.backward()
+            loss, updates = float(loss_t.detach()), [self._apply()]
+        else:
+            loss, work, updates = self.accumulate(iteration, update=self.options.window_updates)
+            if not self.options.window_updates:
+                updates = [self._apply()]
         return {
-            "loss": float(loss.detach()),
-            "grad_norm": float(norm),
-            "skipped": float(not finite),
+            "loss": loss,
+            "grad_norm": updates[-1][0],
+            "skipped": float(sum(not ok for _, ok in updates)),
             "cell_steps": float(work),
         }
 
