@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vsml_train.data.synthetic import LinearTask, NonlinearTask, SumSignTask, make_family
+from vsml_train.data.synthetic import LinearTask, NonlinearTask, SumSignTask, TabularTask, make_family
 
 FAMILIES = [LinearTask(12, 5), NonlinearTask(12, 5, n_hidden=8), SumSignTask(12)]
 
@@ -70,3 +70,40 @@ def test_make_family_and_validation():
         LinearTask(4, 1)
     with pytest.raises(ValueError, match="n_features must be >= 1"):
         NonlinearTask(0, 3)
+
+
+def test_tabular_tables_are_z_scored_heavy_tailed_sparse_and_imbalanced() -> None:
+    """The family's tables look like the suite's: z-scored features with outliers, rare indicators, skewed priors."""
+    fam = TabularTask(40, 2)
+    shares, extremes, indicator_tables = [], [], 0
+    for i in range(20):
+        teacher = fam.draw(np.random.default_rng(i))
+        x, y = teacher.sample(2000, np.random.default_rng(100 + i))
+        assert x.dtype == np.float32 and x.shape == (2000, 40) and y.dtype == np.int64
+        np.testing.assert_allclose(x.mean(0), 0, atol=0.35)  # population moments: close, not exact
+        shares.append(y.mean())
+        extremes.append(float(np.abs(x).max()))
+        indicator_tables += int((teacher.kinds == 3).any())
+        for col in np.flatnonzero(teacher.kinds == 3):  # a z-scored 0/1 indicator keeps two values
+            assert np.unique(x[:, col]).size <= 2
+    assert min(shares) < 0.15 or max(shares) > 0.85  # some tables are very imbalanced
+    assert 0.2 < float(np.median(shares)) < 0.8
+    assert max(extremes) > 10  # heavy tails / rare indicators give outliers after z-scoring
+    assert indicator_tables >= 15
+
+
+def test_tabular_draws_are_reproducible_and_multiclass_labels_cover_the_range() -> None:
+    fam = make_family("tabular", 12, 7)
+    x1, y1 = fam.sample(500, np.random.default_rng(3))
+    x2, y2 = fam.sample(500, np.random.default_rng(3))
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert y1.min() >= 0 and y1.max() < 7 and np.unique(y1).size >= 3
+
+
+@pytest.mark.parametrize(
+    "bad", [{"kinds": (1.0, 0.0, 0.0)}, {"kinds": (0.0, 0.0, 0.0, 0.0)}, {"df": 2.0}, {"relevant": 0.0}, {"noise": 1.0}]
+)
+def test_tabular_rejects_bad_options(bad: dict) -> None:
+    with pytest.raises(ValueError, match="TabularTask"):
+        TabularTask(8, 3, **bad)

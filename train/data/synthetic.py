@@ -12,6 +12,10 @@ Families:
   y = argmax(tanh(x W1) W2), W1 [A, H] scaled so the pre-activations have std
   ``gain``, W2 [H, B].
 - ``SumSignTask``: the reference's binary task, y = [sum(x) > 0].
+- ``TabularTask``: tables like real ones (issue 10): each feature Gaussian,
+  heavy-tailed (Student t), skewed (log-normal) or a rare 0/1 indicator,
+  z-scored by its population moments; a sparse linear teacher plus random,
+  often very unequal class priors and some label noise.
 
 Dimension letters (docs/model.md §8): I examples, A features, H hidden units of a teacher, B classes.
 """
@@ -153,15 +157,120 @@ class SumSignTask(_Family):
         return Teacher(self.n_features, 2, self.x_std, _sum_sign)
 
 
+@dataclass(frozen=True, eq=False)
+class TabularTeacher(Teacher):
+    """A drawn table: per-feature kinds and moments, a sparse linear teacher, class priors, label noise.
+
+    ``sample`` draws raw features by kind (0 Gaussian, 1 Student t with ``df``,
+    2 log-normal, 3 0/1 indicator with rate ``rate[a]``), z-scores them with the
+    population moments ``mean``, ``std`` [A] (estimated from 4,096 rows when the
+    table was drawn), labels them y = argmax(z W + log prior) and replaces a
+    share ``noise`` of the labels by uniform ones.
+    """
+
+    kinds: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    rate: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    std: np.ndarray = field(default_factory=lambda: np.ones(0, np.float32), repr=False)
+    df: float = 3.0
+    noise: float = 0.0
+
+    def raw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """[I, A] features before z-scoring."""
+        a = self.n_features
+        gauss = rng.standard_normal((n, a))
+        heavy = rng.standard_t(self.df, size=(n, a))
+        skew = np.exp(rng.standard_normal((n, a)))
+        rare = (rng.random((n, a)) < self.rate).astype(np.float64)
+        x = np.choose(self.kinds, [gauss, heavy, skew, rare])
+        return x.astype(np.float32)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` rows: z-scored features float32 [I, A], labels int64 [I]."""
+        z = (self.raw(n, rng) - self.mean) / self.std
+        y = self.label_fn(z).astype(np.int64)
+        flip = rng.random(n) < self.noise
+        y[flip] = rng.integers(0, self.n_classes, int(flip.sum()))
+        return z.astype(np.float32), y
+
+
+def _argmax_with_prior(x: np.ndarray, *, w: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    return np.argmax(x @ w + log_prior, axis=1)  # [I, A] @ [A, B] + [B] -> [I]
+
+
+@dataclass(frozen=True)
+class TabularTask(_Family):
+    """Random tables with the awkward features of real ones (issue 10's suite: 4-100 features, 2-26 classes).
+
+    Each feature is Gaussian, Student t (``df``: heavy tails and outliers),
+    log-normal (skewed) or a rare 0/1 indicator (rate U(0.01, 0.1)), with
+    probabilities ``kinds`` (4 weights); it is z-scored by its population
+    moments, as the suite z-scores each table. A share ``relevant`` of the
+    features carries the label: W [A, B] ~ N(0, 1) on those rows, scaled by
+    ``gain / sqrt(relevant rows)``. Class priors pi ~ Dirichlet(``concentration``)
+    (small: a few classes dominate) enter as log pi; a share ``noise`` of the
+    labels is uniform.
+    """
+
+    n_features: int
+    n_classes: int
+    kinds: tuple[float, float, float, float] = (0.35, 0.3, 0.15, 0.2)
+    df: float = 3.0
+    relevant: float = 0.3
+    gain: float = 2.0
+    concentration: float = 0.5
+    noise: float = 0.05
+    x_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._check()
+        object.__setattr__(self, "kinds", tuple(float(k) for k in self.kinds))
+        if len(self.kinds) != 4 or min(self.kinds) < 0 or sum(self.kinds) <= 0:
+            raise ValueError(f"TabularTask: kinds must be 4 weights >= 0 with a positive sum, got {self.kinds}")
+        if not (self.df > 2 and 0 < self.relevant <= 1 and self.gain > 0 and self.concentration > 0):
+            raise ValueError("TabularTask: need df > 2, 0 < relevant <= 1, gain > 0 and concentration > 0")
+        if not 0 <= self.noise < 1:
+            raise ValueError(f"TabularTask: noise must be in [0, 1), got {self.noise}")
+
+    def draw(self, rng: np.random.Generator) -> TabularTeacher:
+        a, b = self.n_features, self.n_classes
+        p = np.asarray(self.kinds) / sum(self.kinds)
+        kinds = rng.choice(4, size=a, p=p)
+        rate = rng.uniform(0.01, 0.1, a).astype(np.float32)
+        probe = TabularTeacher(a, b, 1.0, _sum_sign, kinds=kinds, rate=rate, df=self.df)
+        ref = probe.raw(4096, rng).astype(np.float64)
+        mean, std = ref.mean(0), ref.std(0)
+        std[std < 1e-6] = 1.0  # an indicator that never fired in the reference rows
+        n_rel = max(1, round(self.relevant * a))
+        w = np.zeros((a, b), np.float32)
+        rows = rng.choice(a, n_rel, replace=False)
+        w[rows] = rng.standard_normal((n_rel, b)) * (self.gain / np.sqrt(n_rel))
+        log_prior = np.log(rng.dirichlet(np.full(b, self.concentration)) + 1e-3).astype(np.float32)
+        label_fn = functools.partial(_argmax_with_prior, w=w, log_prior=log_prior)
+        return TabularTeacher(
+            a,
+            b,
+            1.0,
+            label_fn,
+            kinds=kinds,
+            rate=rate,
+            mean=mean.astype(np.float32),
+            std=std.astype(np.float32),
+            df=self.df,
+            noise=self.noise,
+        )
+
+
 SYNTHETIC_FAMILIES: dict[str, type[_Family]] = {
     "linear": LinearTask,
     "nonlinear": NonlinearTask,
     "sum-sign": SumSignTask,
+    "tabular": TabularTask,
 }
 
 
 def make_family(name: str, n_features: int, n_classes: int | None = None, **options: Any) -> TaskFamily:
-    """A family spec by name (``linear``, ``nonlinear``, ``sum-sign``).
+    """A family spec by name (``linear``, ``nonlinear``, ``sum-sign``, ``tabular``).
 
     Args:
         name: the family.
