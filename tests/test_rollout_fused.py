@@ -126,12 +126,13 @@ def test_rollout_float32_extreme_inputs_match_fast_step() -> None:
 
 
 @needs_kernel
-def test_portable_kernel_build_matches(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+@pytest.mark.parametrize("n", [16, 32])
+def test_portable_kernel_build_matches(monkeypatch: pytest.MonkeyPatch, tmp_path, n: int) -> None:
     """The kernel built without the AVX-512 blocks (-DVSML_NO_AVX512): the same numbers in the rollout and the visit."""
     path = vf.build(tmp_path, extra=("-DVSML_NO_AVX512",))
     assert path is not None
     portable = vf.declare(ctypes.CDLL(str(path)))
-    config = VSMLConfig(hidden=(7,))
+    config = VSMLConfig(state_size=n, hidden=(7,))
     params, state, x, y = _inputs(config, 2, torch.float32, a=5, b=12, t=4)
     native = run_episode(params, config, x, y, 12, state=state, step_fn=make_step_fn(config, "fused"))
     y1h = labels_to_onehot(y, 12, torch.float32)

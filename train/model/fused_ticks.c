@@ -117,23 +117,23 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
  * 1.08 ms per two ticks with CB = 16 against 1.26 with CB = 1; N = 32 is fastest with CB = 1) */
 #ifndef VSML_AVX512
 DEFINE_BLOCK(block_f32_n16, float, expf, 16, 16)
-#endif
 DEFINE_BLOCK(block_f32_n32, float, expf, 32, 1)
+#endif
 DEFINE_BLOCK(block_f32_any, float, expf, n_arg, 8)
 DEFINE_BLOCK(block_f64_any, double, exp, n_arg, 8)
 #ifndef VSML_AVX512
 DEFINE_GRID(grid_f32_n16, block_f32_n16, float, 16, 16)
-#endif
 DEFINE_GRID(grid_f32_n32, block_f32_n32, float, 32, 1)
+#endif
 DEFINE_GRID(grid_f32_any, block_f32_any, float, n_arg, 8)
 DEFINE_GRID(grid_f64, block_f64_any, double, n_arg, 8)
 
 #ifdef VSML_AVX512
-/* N = 16 with AVX-512 (compile-time choice; -DVSML_NO_AVX512 or a CPU without it builds the portable blocks
- * above instead, the same numbers within float rounding): a gate block is one 16-float vector, U = 5 cells of
- * a row run interleaved (20 gate accumulators in registers, each W_h vector loaded once for the five), and
- * the exp is vexp16 below instead of libmvec. Measured at 784 x 10 on one core: 0.58 ms per two ticks
- * against 1.04 with the portable N = 16 blocks. */
+/* N = 16 and 32 with AVX-512 (compile-time choice; -DVSML_NO_AVX512 or a CPU without it builds the portable
+ * blocks above instead, the same numbers within float rounding): a gate block is NV = N / 16 vectors of 16
+ * floats, U cells of a row run interleaved (U = 5 at N = 16: 20 gate accumulators in registers, each W_h vector
+ * loaded once for the five; U = 2 at N = 32), and the exp is vexp16 below instead of libmvec. Measured at
+ * 784 x 10 on one core, ms per two ticks: N = 16 0.58 (portable blocks 1.04), N = 32 1.67 (2.33). */
 #include <immintrin.h>
 #define VSML_AI static inline __attribute__((always_inline))
 
@@ -163,79 +163,101 @@ VSML_AI __m512 vsig16(__m512 x, float s) {
     return _mm512_div_ps(one, _mm512_add_ps(one, vexp16(_mm512_mul_ps(_mm512_set1_ps(-s), x))));
 }
 
-/* U <= 5 cells (consecutive columns) of one row; as DEFINE_BLOCK (h, c may alias h_in, c_in; sum_f, sb: the
- * heads' reductions of the unclipped h, sb a vector over the row) */
-VSML_AI void cells16(const int U, int64_t ticks, const float *r, const float *cl, const float *w, const float *h_in,
-                     const float *c_in, float *h, float *c, int64_t do_clip, float lo, float up, float *sum_f,
-                     __m512 *sb) {
-    float zin[5][64] __attribute__((aligned(64))), hs[5][16] __attribute__((aligned(64)));
-    __m512 hv[5], cv[5];
+/* U <= 5 cells (consecutive columns) of one row, N = 16 NV: as DEFINE_BLOCK (h, c may alias h_in, c_in; sum_f,
+ * sb: the heads' reductions of the unclipped h, sb [NV] vectors over the row) */
+VSML_AI void cells16(const int U, const int NV, int64_t ticks, const float *r, const float *cl, const float *w,
+                     const float *h_in, const float *c_in, float *h, float *c, int64_t do_clip, float lo, float up,
+                     float *sum_f, __m512 *sb) {
+    const int n = 16 * NV, j4 = 64 * NV;
+    float zin[5][128] __attribute__((aligned(64))), hs[5][32] __attribute__((aligned(64)));
+    __m512 hv[5][2], cv[5][2];
     for (int u = 0; u < U; u++) {
-        for (int g = 0; g < 4; g++)
-            _mm512_store_ps(zin[u] + 16 * g, _mm512_add_ps(_mm512_loadu_ps(r + 16 * g), _mm512_loadu_ps(cl + 64 * u + 16 * g)));
-        hv[u] = _mm512_loadu_ps(h_in + 16 * u);
-        cv[u] = _mm512_loadu_ps(c_in + 16 * u);
+        for (int g = 0; g < 4 * NV; g++)
+            _mm512_store_ps(zin[u] + 16 * g,
+                            _mm512_add_ps(_mm512_loadu_ps(r + 16 * g), _mm512_loadu_ps(cl + j4 * u + 16 * g)));
+        for (int v = 0; v < NV; v++) {
+            hv[u][v] = _mm512_loadu_ps(h_in + n * u + 16 * v);
+            cv[u][v] = _mm512_loadu_ps(c_in + n * u + 16 * v);
+        }
     }
     const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
     for (int64_t t = 0; t < ticks; t++) {
-        __m512 z[5][4];
+        __m512 z[5][8];
         for (int u = 0; u < U; u++) {
-            _mm512_store_ps(hs[u], hv[u]);
-            for (int g = 0; g < 4; g++) z[u][g] = _mm512_load_ps(zin[u] + 16 * g);
+            for (int v = 0; v < NV; v++) _mm512_store_ps(hs[u] + 16 * v, hv[u][v]);
+            for (int g = 0; g < 4 * NV; g++) z[u][g] = _mm512_load_ps(zin[u] + 16 * g);
         }
-        for (int k = 0; k < 16; k++)
-            for (int g = 0; g < 4; g++) {
-                const __m512 wk = _mm512_loadu_ps(w + 64 * k + 16 * g);
+        for (int k = 0; k < n; k++)
+            for (int g = 0; g < 4 * NV; g++) {
+                const __m512 wk = _mm512_loadu_ps(w + j4 * k + 16 * g);
                 for (int u = 0; u < U; u++) z[u][g] = _mm512_fmadd_ps(_mm512_set1_ps(hs[u][k]), wk, z[u][g]);
             }
-        for (int u = 0; u < U; u++) { /* i, f, o: sigmoid; g: tanh as 2 sig(2x) - 1 */
-            const __m512 ig = vsig16(z[u][0], 1.0f), gg = vsig16(z[u][1], 2.0f);
-            const __m512 fg = vsig16(z[u][2], 1.0f), og = vsig16(z[u][3], 1.0f);
-            cv[u] = _mm512_fmadd_ps(fg, cv[u], _mm512_mul_ps(ig, _mm512_fmsub_ps(two, gg, one)));
-            hv[u] = _mm512_mul_ps(_mm512_fmsub_ps(two, vsig16(cv[u], 2.0f), one), og);
-        }
+        for (int u = 0; u < U; u++) /* i, f, o: sigmoid; g: tanh as 2 sig(2x) - 1 */
+            for (int v = 0; v < NV; v++) {
+                const __m512 ig = vsig16(z[u][v], 1.0f), gg = vsig16(z[u][NV + v], 2.0f);
+                const __m512 fg = vsig16(z[u][2 * NV + v], 1.0f), og = vsig16(z[u][3 * NV + v], 1.0f);
+                cv[u][v] = _mm512_fmadd_ps(fg, cv[u][v], _mm512_mul_ps(ig, _mm512_fmsub_ps(two, gg, one)));
+                hv[u][v] = _mm512_mul_ps(_mm512_fmsub_ps(two, vsig16(cv[u][v], 2.0f), one), og);
+            }
     }
     const __m512 vlo = _mm512_set1_ps(lo), vup = _mm512_set1_ps(up);
-    for (int u = 0; u < U; u++) {
-        if (sum_f) _mm512_storeu_ps(sum_f + 16 * u, _mm512_add_ps(_mm512_loadu_ps(sum_f + 16 * u), hv[u]));
-        if (sb) *sb = _mm512_add_ps(*sb, hv[u]);
-        if (do_clip) { /* max(lo, x), min(up, x): x second, so that a NaN stays NaN */
-            hv[u] = _mm512_min_ps(vup, _mm512_max_ps(vlo, hv[u]));
-            cv[u] = _mm512_min_ps(vup, _mm512_max_ps(vlo, cv[u]));
+    for (int u = 0; u < U; u++)
+        for (int v = 0; v < NV; v++) {
+            if (sum_f) {
+                float *sf = sum_f + n * u + 16 * v;
+                _mm512_storeu_ps(sf, _mm512_add_ps(_mm512_loadu_ps(sf), hv[u][v]));
+            }
+            if (sb) sb[v] = _mm512_add_ps(sb[v], hv[u][v]);
+            __m512 hx = hv[u][v], cx = cv[u][v];
+            if (do_clip) { /* max(lo, x), min(up, x): x second, so that a NaN stays NaN */
+                hx = _mm512_min_ps(vup, _mm512_max_ps(vlo, hx));
+                cx = _mm512_min_ps(vup, _mm512_max_ps(vlo, cx));
+            }
+            _mm512_storeu_ps(h + n * u + 16 * v, hx);
+            _mm512_storeu_ps(c + n * u + 16 * v, cx);
         }
-        _mm512_storeu_ps(h + 16 * u, hv[u]);
-        _mm512_storeu_ps(c + 16 * u, cv[u]);
-    }
 }
 
-static void grid_f32_n16_avx512(int64_t n_arg, int64_t a_rows, int64_t b_cols, int64_t ticks, const float *row,
-                                const float *col, const float *w, const float *h_in, const float *c_in, float *h,
-                                float *c, int64_t do_clip, float lo, float up, float *sum_f, float *sum_b) {
-    (void)n_arg;
-    for (int64_t a = 0; a < a_rows; a++) {
-        __m512 sb = _mm512_setzero_ps();
-        for (int64_t b = 0; b < b_cols;) {
-            const int64_t at = (a * b_cols + b) * 16, left = b_cols - b;
-            const float *ra = row + a * 64, *cb = col + b * 64;
-            float *sf = sum_f ? sum_f + b * 16 : 0;
-            __m512 *psb = sum_b ? &sb : 0;
-#define VSML_CELLS(U) cells16(U, ticks, ra, cb, w, h_in + at, c_in + at, h + at, c + at, do_clip, lo, up, sf, psb)
-            switch (left >= 5 ? 5 : left) {
-            case 5: VSML_CELLS(5); break;
-            case 4: VSML_CELLS(4); break;
-            case 3: VSML_CELLS(3); break;
-            case 2: VSML_CELLS(2); break;
-            default: VSML_CELLS(1); break;
-            }
-#undef VSML_CELLS
-            b += left >= 5 ? 5 : left;
-        }
-        if (sum_b) _mm512_storeu_ps(sum_b + a * 16, _mm512_add_ps(_mm512_loadu_ps(sum_b + a * 16), sb));
+/* the grid for N = 16 NV, UMAX cells of a row at a time (then the rest) */
+#define VSML_CELLS(U, NV)                                                                                   \
+    cells16(U, NV, ticks, ra, cb, w, h_in + at, c_in + at, h + at, c + at, do_clip, lo, up, sf, psb)
+#define DEFINE_GRID_AVX512(NAME, NV, UMAX)                                                                  \
+    static void NAME(int64_t n_arg, int64_t a_rows, int64_t b_cols, int64_t ticks, const float *row,       \
+                     const float *col, const float *w, const float *h_in, const float *c_in, float *h,      \
+                     float *c, int64_t do_clip, float lo, float up, float *sum_f, float *sum_b) {           \
+        const int64_t n = 16 * NV, j4 = 64 * NV;                                                           \
+        (void)n_arg;                                                                                       \
+        for (int64_t a = 0; a < a_rows; a++) {                                                             \
+            __m512 sb[NV];                                                                                 \
+            for (int v = 0; v < NV; v++) sb[v] = _mm512_setzero_ps();                                      \
+            for (int64_t b = 0; b < b_cols;) {                                                             \
+                const int64_t at = (a * b_cols + b) * n, u = b_cols - b < UMAX ? b_cols - b : UMAX;        \
+                const float *ra = row + a * j4, *cb = col + b * j4;                                        \
+                float *sf = sum_f ? sum_f + b * n : 0;                                                     \
+                __m512 *psb = sum_b ? sb : 0;                                                              \
+                switch (u) {                                                                               \
+                case 5: VSML_CELLS(5, NV); break;                                                          \
+                case 4: VSML_CELLS(4, NV); break;                                                          \
+                case 3: VSML_CELLS(3, NV); break;                                                          \
+                case 2: VSML_CELLS(2, NV); break;                                                          \
+                default: VSML_CELLS(1, NV);                                                                \
+                }                                                                                          \
+                b += u;                                                                                    \
+            }                                                                                              \
+            if (sum_b)                                                                                     \
+                for (int v = 0; v < NV; v++)                                                               \
+                    _mm512_storeu_ps(sum_b + (a * NV + v) * 16,                                            \
+                                     _mm512_add_ps(_mm512_loadu_ps(sum_b + (a * NV + v) * 16), sb[v]));    \
+        }                                                                                                  \
     }
-}
+
+DEFINE_GRID_AVX512(grid_f32_n16_avx512, 1, 5)
+DEFINE_GRID_AVX512(grid_f32_n32_avx512, 2, 2)
 #define GRID_F32_N16 grid_f32_n16_avx512
+#define GRID_F32_N32 grid_f32_n32_avx512
 #else
 #define GRID_F32_N16 grid_f32_n16
+#define GRID_F32_N32 grid_f32_n32
 #endif
 
 #define GRID_ARGS n, a_rows, b_cols, ticks, row, col, w, h_in, c_in, h, c, do_clip, lo, up, sum_f, sum_b
@@ -246,7 +268,7 @@ static void grid_f32(int64_t n, int64_t a_rows, int64_t b_cols, int64_t ticks, c
     if (n == 16)
         GRID_F32_N16(GRID_ARGS);
     else if (n == 32)
-        grid_f32_n32(GRID_ARGS);
+        GRID_F32_N32(GRID_ARGS);
     else
         grid_f32_any(GRID_ARGS);
 }
