@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .config import VSMLConfig
 from .params import Params
+from .rollout_fused import rollout_fused
 from .state import VSMLState, init_state
 from .step import Impl, step
 
@@ -38,6 +39,8 @@ def make_step_fn(config: VSMLConfig, impl: Impl = "fast", compile: bool = False)
 
     if compile:
         return torch.compile(fn, dynamic=False)  # type: ignore[return-value]
+    fn.vsml_impl = impl  # type: ignore[attr-defined]  # run_episode: impl "fused" may run the whole episode in C
+    fn.vsml_config = config  # type: ignore[attr-defined]
     return fn
 
 
@@ -62,7 +65,8 @@ def run_episode(
         n_classes: B.
         seed: seed of the initial state (required when ``state`` is None).
         state: start from this state instead of a fresh one.
-        step_fn: a prepared step (``make_step_fn``); default eager fast step.
+        step_fn: a prepared step (``make_step_fn``); default eager fast step. With impl "fused"
+            the whole episode runs in C where ``rollout_fused`` covers the config (same numbers).
         keep_grad_every: truncated BPTT: detach the state every this many steps.
     Returns:
         ``EpisodeResult`` with logits [T, P, E, B] and the state after step T.
@@ -77,6 +81,10 @@ def run_episode(
         state = init_state(config, a, n_classes, p, e, generator=gen, params=params, dtype=x.dtype, device=x.device)
     fn = step_fn or make_step_fn(config)
     y1h = labels_to_onehot(y, n_classes, x.dtype)
+    if getattr(fn, "vsml_impl", None) == "fused" and getattr(fn, "vsml_config", None) == config:
+        done = rollout_fused(params, config, x, y1h, state)  # None where the C rollout does not apply
+        if done is not None:
+            return EpisodeResult(logits=done[0], state=done[1])
     outs = []
     for t in range(t_steps):
         if keep_grad_every and t and t % keep_grad_every == 0:

@@ -57,12 +57,16 @@ def _cpu_key() -> str:
     return platform.processor() + platform.machine()
 
 
-def build(cache: Path | None = None) -> Path | None:
-    """Compile ``fused_ticks.c`` into a cached shared library; its path, or None without a C compiler."""
+def build(cache: Path | None = None, extra: tuple[str, ...] = ()) -> Path | None:
+    """Compile ``fused_ticks.c`` into a cached shared library; its path, or None without a C compiler.
+
+    ``extra``: more compiler flags (tests build the portable kernel with ``-DVSML_NO_AVX512``).
+    """
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    key = hashlib.sha256((SOURCE.read_text() + " ".join(FLAGS) + cc + _cpu_key()).encode()).hexdigest()[:16]
+    flags = [*FLAGS, *extra]
+    key = hashlib.sha256((SOURCE.read_text() + " ".join(flags) + cc + _cpu_key()).encode()).hexdigest()[:16]
     folder = cache or Path(os.environ.get("VSML_KERNEL_CACHE", Path.home() / ".cache" / "vsml"))
     lib = folder / f"fused_ticks-{key}.so"
     if lib.exists():
@@ -71,7 +75,7 @@ def build(cache: Path | None = None) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             out = Path(tmp) / lib.name
-            subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True)
+            subprocess.run([cc, *flags, "-o", str(out), str(SOURCE), "-lm"], check=True, capture_output=True)
             os.replace(out, lib)  # atomic: concurrent builders leave one complete file
     except (OSError, subprocess.CalledProcessError) as err:  # no compiler, a failed build, a read-only cache
         warnings.warn(f"vsml: fused kernel not built ({err}); using the plain visit", stacklevel=2)
@@ -94,12 +98,21 @@ def kernel() -> ctypes.CDLL | None:
             except OSError as err:  # e.g. a cache on a noexec mount
                 warnings.warn(f"vsml: fused kernel not loaded ({err}); using the plain visit", stacklevel=2)
         if lib is not None:
-            for name in ("vsml_ticks_f32", "vsml_ticks_f64"):
-                getattr(lib, name).restype = None
-                getattr(lib, name).argtypes = [ctypes.c_int64] * 8 + [ctypes.c_double] + [ctypes.c_void_p] * 7
-            lib.vsml_max_state.restype = ctypes.c_int64
-            _LIB = lib
+            _LIB = declare(lib)
     return _LIB
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Set the argument and result types of the kernel's entry points; returns ``lib``."""
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for name in ("vsml_ticks_f32", "vsml_ticks_f64"):
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = [i64] * 8 + [ctypes.c_double] + [ptr] * 7
+    for name in ("vsml_rollout_f32", "vsml_rollout_f64"):  # rollout_fused.py
+        getattr(lib, name).restype = i64
+        getattr(lib, name).argtypes = [i64] * 3 + [ptr] + [i64] * 3 + [ptr] * 2 + [i64] + [ptr] * 6
+    lib.vsml_max_state.restype = i64
+    return lib
 
 
 def fused_available() -> bool:
