@@ -58,6 +58,9 @@ SHELL: dict[str, tuple[str, str]] = {
     "vsml-meta-rnn --out runs/meta-rnn": ("slow", " --iterations 2 --episodes 2"),
     "vsml-train --resume --out runs/bptt": ("skip", "needs the interrupted run above; tests/test_cli_train.py resumes"),
     "vsml-train --method bptt --preset bptt-cpu --show-options": ("run", ""),
+    "vsml-train --method bptt --init vsml_runtime/assets/pretrained.pt --out runs/tbptt --episodes 2 "
+    "--lr 0.00002 --tasks.steps 1000 --truncation 25 --window-updates true --permute-labels true "
+    "--synthetic tabular --synthetic-classes 2 --iterations 80 --compile true": ("options", ""),
     "torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint node0.example:29500 "
     "--rdzv-id vsml-es -m vsml_train.cli_train --preset es-reference --device cuda --out /shared/runs/es": (
         "skip",
