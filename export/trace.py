@@ -195,7 +195,9 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
 
     if not options.tuned:
         return trace("blocked")
-    if row_blocks(config) == 1:
+    if row_blocks(config) == 1 or options.exporter != "legacy":
+        # (torch.export rejects the blocks' concatenation as an output of the batch averaging's torch.cond:
+        # its symbolic strides are not plain products of the sizes; the dynamo graph stays unblocked)
         return trace("onnx")
     # the ticks in blocks of rows on large grids, unblocked on small ones (export/switch.py)
     return size_switch(trace("onnx"), trace("onnx-rows"), [n for n in names if n.startswith("h_")])

@@ -10,9 +10,14 @@ pass over memory and broadcasting along the innermost axis is very slow:
 
 * the gates are computed block by block (i, f, o, g each as its own
   contiguous [P, E, A, B, N] tensor), so nothing slices the last axis;
-* the message part of the gate input is built without inner broadcasting:
-  ``fwd_in @ tile(W_f)`` gives [P, E, A, B * N] directly (one GEMM) and the
-  column part is added with an outer broadcast over A;
+* the message part of the gate input is built without inner broadcasting and
+  without an Add pass: ``[fwd_in, 1] @ [tile(W_f); col]`` gives row[a] +
+  col[b] laid out [P, E, A, B * N] directly (one batched GEMM per gate);
+* ``visit_onnx_rows`` (``impl="onnx-rows"``) runs the micro ticks in
+  ``row_blocks`` blocks of rows, one after the other, so that a block's gates
+  and states stay in L2 (on large grids: at 784 x 10, N = 32, the step's
+  element-wise passes ran 2-5x slower per byte out of cache); the exporter
+  picks it by the size of the state (``vsml_export.switch``);
 * the reductions over the grid are matrix products (ones-vector for the mean
   over A, a B-times tiled head matrix for the mean over B), which ORT runs as
   GEMMs instead of slow strided reductions;
