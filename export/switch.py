@@ -16,7 +16,7 @@ import onnx
 from onnx import compose, helper
 
 # cell-state floats (P * E * sum_k A_k * B_k * N) from which the blocked trace is used; measured on one
-# core: 784 x 10 at N = 16 (125,600 floats) 5 % faster blocked, 64 x 10 (10,240) 27 % slower
+# core: 784 x 10 at N = 16 (125,440 floats) 5 % faster blocked, 64 x 10 (10,240) 27 % slower
 BLOCKED_FROM_FLOATS = 65_536
 
 

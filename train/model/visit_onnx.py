@@ -84,8 +84,9 @@ def _check_base(p: Params) -> None:
 def row_blocks(config: VSMLConfig) -> int:
     """How many blocks of rows ``visit_onnx_rows`` runs the ticks in: N / 4 (at 784 x 10, blocks of ~125 KiB per state).
 
-    Measured on one core (ONNX Runtime, 784 x 10, one learner): N = 16 in 4 blocks 5 % faster per step, in 8
-    no faster; N = 32 in 4 blocks 8 %, in 8 blocks 13 %, in 16 blocks 7 % (every block is ~30 more nodes): at most 8.
+    Measured on one core (ONNX Runtime, 784 x 10, one learner): N = 16 in 3, 4 or 6 blocks 5 % faster per step,
+    in 8 no faster; N = 32 in 4 blocks 9 %, in 8 blocks 14 %, in 16 blocks 8 % (each block is ~30 more nodes):
+    at most 8.
     """
     return min(8, max(1, config.state_size // 4))
 
