@@ -12,7 +12,9 @@ Pipeline (``export_model``):
 2. trace ONE call of ``vsml_train.model.step.step`` (``StepModule``) with the
    ONNX-tuned impl (``impl="onnx"``, ``vsml_train.model.visit_onnx``), at small
    sizes chosen to be distinct, with P, E, A, B and hidden sizes marked
-   dynamic; trace ``InitModule`` the same way;
+   dynamic, and once more with ``impl="onnx-rows"`` (the micro ticks in
+   cache-sized blocks of rows), the two joined under an ``If`` on the size of
+   the state (``vsml_export.switch``); trace ``InitModule`` the same way;
 3. stamp the metadata (``vsml_runtime.format``), run ``onnx.checker``;
 4. verify: ONNX Runtime against the PyTorch ``step`` (default fast
    implementation) for a few consecutive steps at two OTHER size sets, so a

@@ -26,7 +26,8 @@ class ExportOptions:
         exporter: "legacy" (TorchScript tracer, default) or "dynamo" (torch.export).
         clip: override of the state clip bound (None disables); default: the model's.
         batch_average: override of the averaging mode; default: the model's.
-        tuned: trace ``step(..., impl="onnx")`` (``vsml_train.model.visit_onnx``);
+        tuned: trace ``step(..., impl="onnx")`` (``vsml_train.model.visit_onnx``), with
+            ``impl="onnx-rows"`` for large grids (``vsml_export.switch``; legacy exporter only);
             False traces ``impl="blocked"`` (slower graph, same numbers).
         verify: compare ONNX Runtime with PyTorch before writing.
     """

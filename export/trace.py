@@ -25,9 +25,12 @@ from torch import Tensor
 from vsml_runtime import format as fmt
 from vsml_train.model.config import VSMLConfig
 from vsml_train.model.state import init_state, state_names
+from vsml_train.model.step import Impl
+from vsml_train.model.visit_onnx import row_blocks
 
 from .module import InitModule, StepModule
 from .options import ExportError, ExportOptions
+from .switch import size_switch
 
 # sizes the graphs are traced at: all distinct and different from N, M and 1,
 # so that no tracer can confuse two axes or bake a size-1 special case
@@ -184,9 +187,20 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     axes = [{i: a for i, a in ax.items() if a not in ("N", "M")} for ax in axes]
     axes += [{0: "P", 1: "E", 2: fmt.FEATURES_AXIS}, {0: "P", 1: "E"}]
     args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
-    with _quiet(), torch.no_grad():
-        module = StepModule(params, config, impl="onnx" if options.tuned else "blocked").eval()
-        return _to_onnx(module, args, inputs, outputs, axes, options)
+
+    def trace(impl: Impl) -> onnx.ModelProto:
+        with _quiet(), torch.no_grad():
+            module = StepModule(params, config, impl=impl).eval()
+            return _to_onnx(module, args, inputs, outputs, axes, options)
+
+    if not options.tuned:
+        return trace("blocked")
+    if row_blocks(config) == 1 or options.exporter != "legacy":
+        # (torch.export rejects the blocks' concatenation as an output of the batch averaging's torch.cond:
+        # its symbolic strides are not plain products of the sizes; the dynamo graph stays unblocked)
+        return trace("onnx")
+    # the ticks in blocks of rows on large grids, unblocked on small ones (export/switch.py)
+    return size_switch(trace("onnx"), trace("onnx-rows"), [n for n in names if n.startswith("h_")])
 
 
 def trace_init(params: dict[str, Tensor], config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:

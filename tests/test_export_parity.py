@@ -14,14 +14,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from vsml_export.exporter import ExportOptions, export_graphs
+from vsml_export.exporter import VERIFY_TOL, ExportOptions, export_graphs
 from vsml_export.module import StepModule
+from vsml_export.switch import BLOCKED_FROM_FLOATS
+from vsml_export.trace import grid_names
+from vsml_runtime.format import FEATURES_AXIS
+from vsml_runtime.sessions import session_options
 from vsml_train.model.cell import average_and_clip, extra_inputs, input_message, layer_params
 from vsml_train.model.config import VSMLConfig
 from vsml_train.model.model_file import ModelFile
 from vsml_train.model.params import init_params
 from vsml_train.model.state import init_state, state_names
-from vsml_train.model.visit_onnx import average_and_clip_onnx, visit_onnx
+from vsml_train.model.visit_onnx import average_and_clip_onnx, row_blocks, visit_onnx, visit_onnx_rows
 from vsml_train.model.visits import visit_fast
 
 TOL = 1e-5
@@ -84,8 +88,10 @@ def _session(graph: object) -> ort.InferenceSession:
     return ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
 
 
-def step_parity(model: ModelFile, sess: ort.InferenceSession, p: int, e: int, sizes: list[int], steps: int) -> float:
-    """Max |ORT - torch| over ``steps`` consecutive steps, each from the torch state; asserts TOL."""
+def step_parity(
+    model: ModelFile, sess: ort.InferenceSession, p: int, e: int, sizes: list[int], steps: int, tol: float = TOL
+) -> float:
+    """Max |ORT - torch| over ``steps`` consecutive steps, each from the torch state; asserts ``tol``."""
     config = model.config
     names = state_names(config)
     cfg = config.replace(hidden=tuple(sizes[1:-1]))
@@ -103,7 +109,7 @@ def step_parity(model: ModelFile, sess: ort.InferenceSession, p: int, e: int, si
         for name, g, r in zip([*names, "logits"], got, ref, strict=True):
             assert g.shape == tuple(r.shape), name
             err = float(np.abs(g - r.numpy()).max())
-            assert err <= TOL, f"step {t}: {name} differs by {err}"
+            assert err <= tol, f"step {t}: {name} differs by {err}"
             worst = max(worst, err)
         state = dict(zip(names, ref[: len(names)], strict=True))
     return worst
@@ -160,13 +166,41 @@ def test_export_impl_equal_visit_fast_in_float64(name: str) -> None:
         extras = extra_inputs(config, k, a, b, t, fwd_in)
         for bwd in (bwd_in, None):
             ref = visit_fast(pk, h, c, fwd_in, bwd, extras, config, True, True)
-            got = visit_onnx(pk, h, c, fwd_in, bwd, extras, config, True, True)
-            for r, g in zip(ref, got, strict=True):
-                assert r is not None and g is not None
-                torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+            for visit in (visit_onnx, visit_onnx_rows):  # rows in blocks: 7 rows in 4 or 8 (one empty) blocks
+                got = visit(pk, h, c, fwd_in, bwd, extras, config, True, True)
+                for r, g in zip(ref, got, strict=True):
+                    assert r is not None and g is not None
+                    torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
         ref_avg = average_and_clip(h * 3, c * 3, config)
         for r, g in zip(ref_avg, average_and_clip_onnx(h * 3, c * 3, config), strict=True):
             torch.testing.assert_close(g, r, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["default", "sqrt-bias-encoded", "deep-half-ln-bp"])
+def test_large_grids_take_the_blocked_branch_with_the_same_numbers(name: str) -> None:
+    """Where the states hold >= BLOCKED_FROM_FLOATS floats the graph runs the ticks in blocks of rows.
+
+    Checked with the generic session (the If evaluated per call) and with one whose sizes are fixed, as
+    the runtime's (ONNX Runtime folds the If and inlines the blocked branch), against PyTorch.
+    """
+    model = _model(CONFIGS[name])
+    config = model.config
+    assert row_blocks(config) > 1
+    step_graph, _, _ = export_graphs(model, ExportOptions(verify=False))
+    assert [n.op_type for n in step_graph.graph.node][-1] == "If"
+    hidden = list(config.hidden)
+    for p, e, a, b in ((1, 1, 901, 8), (2, 2, 301, 7)):  # A not a multiple of the blocks
+        sizes = [a, *hidden, b]
+        cells = sum(x * y for x, y in config.layer_sizes(a, b))
+        assert p * e * cells * config.state_size >= BLOCKED_FROM_FLOATS
+        # logits pooled over 500+ cells: float32 rounding of about 1e-5 (the exporter's own bound, 1e-4)
+        step_parity(model, _session(step_graph), p, e, sizes, steps=3, tol=VERIFY_TOL)
+        grids = [x for x, _ in config.layer_sizes(a, b)] + [b]
+        dims = {"P": p, "E": e, FEATURES_AXIS: a} | dict(zip(grid_names(config), grids, strict=True))
+        fixed = ort.InferenceSession(
+            step_graph.SerializeToString(), session_options(1, dims), providers=["CPUExecutionProvider"]
+        )
+        step_parity(model, fixed, p, e, sizes, steps=3, tol=VERIFY_TOL)
 
 
 @pytest.mark.slow

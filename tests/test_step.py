@@ -13,7 +13,7 @@ from vsml_train.model.config import VSMLConfig
 from vsml_train.model.episode import labels_to_onehot, online_loss, run_episode
 from vsml_train.model.params import Params, init_params
 from vsml_train.model.state import VSMLState, init_state
-from vsml_train.model.step import step
+from vsml_train.model.step import Impl, step
 
 DT = torch.float64
 
@@ -135,9 +135,10 @@ def test_fast_and_naive_match_per_cell_reference(name: str, pop: int | None) -> 
     assert l_ref.abs().max() > 1e-6, "degenerate test: logits are zero"
 
 
+@pytest.mark.parametrize("impl", ["onnx", "onnx-rows"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_export_impl_matches_per_cell_reference(name: str) -> None:
-    """impl "onnx" (the visit and averaging the exporter traces) for one V_M (it takes no population axis)."""
+def test_export_impl_matches_per_cell_reference(name: str, impl: Impl) -> None:
+    """impls "onnx" / "onnx-rows" (the visits and averaging the exporter traces) for one V_M (no population axis)."""
     config = VSMLConfig(**CONFIGS[name])
     p, e, a, b = 2, 3, 3, 2
     params = random_params(config, 0)
@@ -147,7 +148,7 @@ def test_export_impl_matches_per_cell_reference(name: str) -> None:
     s_ref = s_exp = state
     for t in range(x.shape[0]):
         s_ref, l_ref = reference_step(params, s_ref, x[t], y1h[t], config)
-        s_exp, logits = step(params, s_exp, x[t], y1h[t], config, impl="onnx")
+        s_exp, logits = step(params, s_exp, x[t], y1h[t], config, impl=impl)
         torch.testing.assert_close(logits, l_ref, atol=1e-10, rtol=1e-10)
         assert_states_close(s_exp, s_ref, 1e-10)
     assert l_ref.abs().max() > 1e-6, "degenerate test: logits are zero"

@@ -15,7 +15,8 @@ and the batch averaging, chosen by ``impl``:
   loop (no autograd; falls back to ``fast`` where the kernel cannot run);
 * ``onnx``: ``vsml_train.model.visit_onnx``, the same numbers arranged for
   ONNX Runtime (what the exporter traces), with the batch averaging under an
-  ``If (E > 1)``; one V_M only (no population axis).
+  ``If (E > 1)``; one V_M only (no population axis); ``onnx-rows``: the same
+  with the micro ticks in blocks of rows (cache-sized on large grids).
 
 Timing (test-then-train): at step t the network receives x_t and the error
 message of its previous prediction (stored in ``state.bwd``), outputs logits
@@ -46,10 +47,10 @@ from .config import VSMLConfig
 from .params import Params
 from .state import VSMLState
 from .visit_fused import fused_schedule, visit_fused
-from .visit_onnx import average_and_clip_onnx, visit_onnx
+from .visit_onnx import average_and_clip_onnx, visit_onnx, visit_onnx_rows
 from .visits import visit_blocked, visit_chunked, visit_fast, visit_naive
 
-Impl = Literal["fast", "fused", "blocked", "chunked", "naive", "onnx"]
+Impl = Literal["fast", "fused", "blocked", "chunked", "naive", "onnx", "onnx-rows"]
 
 IMPLS: dict[str, tuple[VisitFn, AverageFn]] = {
     "fast": (visit_fast, average_and_clip),
@@ -58,6 +59,7 @@ IMPLS: dict[str, tuple[VisitFn, AverageFn]] = {
     "chunked": (visit_chunked, average_and_clip),
     "naive": (visit_naive, average_and_clip),
     "onnx": (visit_onnx, average_and_clip_onnx),
+    "onnx-rows": (visit_onnx_rows, average_and_clip_onnx),
 }
 
 

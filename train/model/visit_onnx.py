@@ -10,9 +10,14 @@ pass over memory and broadcasting along the innermost axis is very slow:
 
 * the gates are computed block by block (i, f, o, g each as its own
   contiguous [P, E, A, B, N] tensor), so nothing slices the last axis;
-* the message part of the gate input is built without inner broadcasting:
-  ``fwd_in @ tile(W_f)`` gives [P, E, A, B * N] directly (one GEMM) and the
-  column part is added with an outer broadcast over A;
+* the message part of the gate input is built without inner broadcasting and
+  without an Add pass: ``[fwd_in, 1] @ [tile(W_f); col]`` gives row[a] +
+  col[b] laid out [P, E, A, B * N] directly (one batched GEMM per gate);
+* ``visit_onnx_rows`` (``impl="onnx-rows"``) runs the micro ticks in
+  ``row_blocks`` blocks of rows, one after the other, so that a block's gates
+  and states stay in L2 (on large grids: at 784 x 10, N = 32, the step's
+  element-wise passes ran 2-5x slower per byte out of cache); the exporter
+  picks it by the size of the state (``vsml_export.switch``);
 * the reductions over the grid are matrix products (ones-vector for the mean
   over A, a B-times tiled head matrix for the mean over B), which ORT runs as
   GEMMs instead of slow strided reductions;
@@ -76,6 +81,36 @@ def _check_base(p: Params) -> None:
         raise ValueError('impl "onnx" takes one V_M: w_gates must be [U + N, 4N] (no population axis)')
 
 
+def row_blocks(config: VSMLConfig) -> int:
+    """How many blocks of rows ``visit_onnx_rows`` runs the ticks in: N / 4 (at 784 x 10, blocks of ~125 KiB per state).
+
+    Measured on one core (ONNX Runtime, 784 x 10, one learner): N = 16 in 3, 4 or 6 blocks 5 % faster per step,
+    in 8 no faster; N = 32 in 4 blocks 9 %, in 8 blocks 14 %, in 16 blocks 8 % (each block is ~30 more nodes):
+    at most 8.
+    """
+    return min(8, max(1, config.state_size // 4))
+
+
+def _ticks(
+    rows_in: Tensor, rhs: dict[int, Tensor], w_h: dict[int, Tensor], h: Tensor, c: Tensor, config: VSMLConfig
+) -> tuple[Tensor, Tensor]:
+    """The micro ticks of a block of rows: rows_in [P, E, R, K], h, c [P, E, R, B, N] -> new h, c."""
+    n = config.state_size
+    pp, e, b = h.shape[0], h.shape[1], h.shape[3]
+    z_in = {j: (rows_in @ r).reshape(-1, n) for j, r in rhs.items()}  # [C, N], C = P*E*R*B cells
+    # 2-D [C, N] during the ticks: addmm exports as Gemm(h, W, z_in), which ONNX Runtime fuses with
+    # the activation that follows (FusedGemm): one node per gate instead of three
+    h2, c2 = h.reshape(-1, n), c.reshape(-1, n)
+    for _ in range(config.micro_ticks):
+        fc = torch.sigmoid(torch.addmm(z_in[_F], h2, w_h[_F])) * c2
+        ig = torch.sigmoid(torch.addmm(z_in[_I], h2, w_h[_I])) * torch.tanh(torch.addmm(z_in[_G], h2, w_h[_G]))
+        o_g = torch.sigmoid(torch.addmm(z_in[_O], h2, w_h[_O]))
+        c2 = fc + ig
+        h2 = o_g * torch.tanh(c2)
+    # R as -1: an empty block (R = 0) must not put a literal 0 into the Reshape (ONNX: "copy that axis")
+    return h2.reshape(pp, e, -1, b, n), c2.reshape(pp, e, -1, b, n)
+
+
 def visit_onnx(
     p: Params,
     h: Tensor,
@@ -86,6 +121,7 @@ def visit_onnx(
     config: VSMLConfig,
     want_fwd: bool,
     want_bwd: bool,
+    blocks: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One layer visit (signature and results of ``vsml_train.model.visits.visit_fast``).
 
@@ -94,6 +130,7 @@ def visit_onnx(
         h, c: [P, E, A, B, N].
         fwd_in: [P, E, A, M]; bwd_in: [P, E, B, M] or None (zeros).
         extras: (row [A, Xr] or None, column [P, E, B, Xc] or None).
+        blocks: run the micro ticks on this many blocks of rows, one after the other (same numbers).
     Returns:
         h, c [P, E, A, B, N]; fwd_out [P, E, B, M] or None; bwd_out [P, E, A, M] or None.
     """
@@ -104,30 +141,39 @@ def visit_onnx(
     bias = gate_bias(p, config)  # [4N]
     row_x, col_x = extras
     xr = 0 if row_x is None else row_x.shape[-1]
-    z_in: dict[int, Tensor] = {}
+    # the row inputs of a cell, [fwd_in[a], row extras, 1] [P, E, A, K]: the trailing 1 picks up the column
+    # term, so that one batched GEMM per gate gives the whole message part row[a] + col[b], no Add pass
+    lhs = [fwd_in]
+    if row_x is not None:
+        lhs.append(row_x.expand(pp, e, a, xr))
+    lhs.append(torch.ones_like(fwd_in[..., :1]))
+    rows_in = torch.cat(lhs, dim=-1)
+    rhs: dict[int, Tensor] = {}
     for j in (_I, _F, _O, _G):
-        # row term fwd_in[a] @ W_f, laid out [P, E, A, B*N] by a B-times tiled weight: one GEMM
-        row = fwd_in @ _block(w["f"], j, n).repeat(1, b)
+        # the row weights B-times tiled, so that the product is laid out [P, E, A, B*N]
+        w_row = [_block(w["f"], j, n).repeat(1, b)]
         if row_x is not None:
-            row = row + row_x @ _block(w["x"][:xr], j, n).repeat(1, b)  # [A, B*N], outer broadcast
+            w_row.append(_block(w["x"][:xr], j, n).repeat(1, b))
         col = _block(bias, j, n).expand(pp, e, b, n)
         if bwd_in is not None:
             col = col + bwd_in @ _block(w["b"], j, n)
         if col_x is not None:
             col = col + col_x @ _block(w["x"][xr:], j, n)
-        z_in[j] = (row + col.reshape(pp, e, 1, b * n)).reshape(-1, n)  # [C, N], C = P*E*A*B cells
+        rhs[j] = torch.cat([torch.cat(w_row).expand(pp, e, -1, b * n), col.reshape(pp, e, 1, b * n)], dim=2)
     w_h = {j: _block(w["h"], j, n) for j in (_I, _F, _O, _G)}
-    # 2-D [C, N] during the ticks: addmm exports as Gemm(h, W, z_in), which ONNX Runtime fuses with
-    # the activation that follows (FusedGemm): one node per gate instead of three
-    h2, c2 = h.reshape(-1, n), c.reshape(-1, n)
-    for _ in range(config.micro_ticks):
-        i_g = torch.sigmoid(torch.addmm(z_in[_I], h2, w_h[_I]))
-        f_g = torch.sigmoid(torch.addmm(z_in[_F], h2, w_h[_F]))
-        o_g = torch.sigmoid(torch.addmm(z_in[_O], h2, w_h[_O]))
-        g_g = torch.tanh(torch.addmm(z_in[_G], h2, w_h[_G]))
-        c2 = f_g * c2 + i_g * g_g
-        h2 = o_g * torch.tanh(c2)
-    h, c = h2.reshape(pp, e, a, b, n), c2.reshape(pp, e, a, b, n)
+    if blocks == 1:
+        h, c = _ticks(rows_in, rhs, w_h, h, c, config)
+    else:
+        # the ticks of one block of rows after the other, so that a block's gates and states stay in the cache
+        # (on grids of fewer than `blocks` rows the last blocks are empty)
+        size = (a + blocks - 1) // blocks
+        hs, cs = [], []
+        for k in range(blocks):
+            lo, hi = k * size, (k + 1) * size
+            hk, ck = _ticks(rows_in[:, :, lo:hi], rhs, w_h, h[:, :, lo:hi], c[:, :, lo:hi], config)
+            hs.append(hk)
+            cs.append(ck)
+        h, c = torch.cat(hs, dim=2), torch.cat(cs, dim=2)
     fwd_out = bwd_out = None
     if config.layer_norm:
         if want_fwd:
@@ -168,6 +214,25 @@ def visit_onnx(
             else:
                 bwd_out = hb + p["b_bwd"] * b
     return h, c, fwd_out, bwd_out
+
+
+def visit_onnx_rows(
+    p: Params,
+    h: Tensor,
+    c: Tensor,
+    fwd_in: Tensor,
+    bwd_in: Tensor | None,
+    extras: tuple[Tensor | None, Tensor | None],
+    config: VSMLConfig,
+    want_fwd: bool,
+    want_bwd: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``visit_onnx`` with the micro ticks in ``row_blocks(config)`` blocks of rows: for large grids.
+
+    Each block adds about 30 nodes, so ONNX Runtime runs small grids faster unblocked; the exporter
+    traces both visits and lets the graph pick one by the size of the state (``vsml_export.trace``).
+    """
+    return visit_onnx(p, h, c, fwd_in, bwd_in, extras, config, want_fwd, want_bwd, row_blocks(config))
 
 
 def _mean_over_e(s: Tensor) -> Tensor:
@@ -248,4 +313,4 @@ def average_and_clip_onnx(h: Tensor, c: Tensor, config: VSMLConfig) -> tuple[Ten
     return h, c
 
 
-__all__ = ["average_and_clip_onnx", "visit_onnx"]
+__all__ = ["average_and_clip_onnx", "row_blocks", "visit_onnx", "visit_onnx_rows"]
