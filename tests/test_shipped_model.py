@@ -15,8 +15,10 @@ from vsml_runtime.learner import pretrained_path
 from vsml_train.demo import bundled_dataset, default_learner, run_demo
 from vsml_train.model.model_file import load_model
 
-# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md)
-SHIPPED_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"
+# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 6) and the V_M
+# of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT, config unchanged)
+SHIPPED_SHA256 = "4a2d454ef4eb96f856a0b166f5bfc1ee3680e7f11b4667f2971cb61791658ef2"
+LEARNER3_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"
 # accuracy over online steps 200..400 on the bundled MNIST slice, through ONNX Runtime;
 # seen at shipping: 0.735-0.78 (3 seeds); chance is 0.10
 MNIST_BOUND = 0.60
@@ -26,10 +28,11 @@ MNIST_BOUND = 0.60
 LEARNERS = {
     "clone.pt": "2cc6ef80307225d9f759d725dc0f61e57f22273b54ac4c0c9923794ce53f5238",
     "bptt-mnist.pt": "5a45f85a2ed24a966e321c6852a1b494f4e648a021b2c2efdb73bb26f41087c9",
-    "clone-cmaes.pt": SHIPPED_SHA256,  # learner 3: the default's V_M under its original config
-    "size-free.pt": SHIPPED_SHA256,  # learner 4: learner 3 with size-free pooling and a bias input
+    "clone-cmaes.pt": LEARNER3_SHA256,  # learner 3: learner 1 improved by CMA-ES
+    "size-free.pt": LEARNER3_SHA256,  # learner 4: learner 3 with size-free pooling and a bias input
+    "front-ends.pt": LEARNER3_SHA256,  # learner 5: learner 4 with online standardisation and an annealed error
 }
-# what makes learner 4 out of learner 3, then the default (learner 5) out of learner 4, V_M unchanged (vsml-model set)
+# what makes learner 4 out of learner 3, then learner 5 out of learner 4, V_M unchanged (vsml-model set)
 SIZE_FREE_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
 DEFAULT_CHANGES = {"online_norm": True, "online_norm_prior": 100, "output_gain": 40, "error_decay_steps": 300}
 FASHION_BOUND = 0.50
@@ -40,16 +43,26 @@ def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
     pt = pretrained_path().replace(".onnx", ".pt")
     model = load_model(pt)
     assert model.params_hash() == SHIPPED_SHA256
-    assert model.meta["method"] == "cmaes"
-    assert model.meta["spec"]["init_sha256"] == LEARNERS["clone.pt"]  # learner 3 improves learner 1
-    size_free, default = model.meta["derivations"]  # learner 3 -> 4 (size-free config) -> 5 (front ends)
-    assert size_free["parent"] == "clone-cmaes.pt" and size_free["changes"] == SIZE_FREE_CHANGES
-    assert default["parent"] == "size-free.pt" and default["changes"] == DEFAULT_CHANGES
-    assert size_free["parent_params_sha256"] == default["parent_params_sha256"] == SHIPPED_SHA256
     learners = Path(pt).parent / "learners"
-    learner3, learner4 = load_model(learners / "clone-cmaes.pt"), load_model(learners / "size-free.pt")
+    learner3, learner4, learner5 = (
+        load_model(learners / f) for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt")
+    )
+    # learner 6: truncated BPTT from learner 5 (model card, "Learner 6"), same config, MNIST input statistics kept
+    assert model.meta["method"] == "bptt" and model.meta["iterations"] == 20
+    assert model.meta["spec"]["init_sha256"] == LEARNER3_SHA256 and model.config == learner5.config
+    opts = model.meta["spec"]["options"]
+    assert (opts["truncation"], opts["window_updates"], opts["tasks"]["synthetic"]) == (50, True, ["tabular"])
+    assert (model.meta["input_mean"], model.meta["input_std"]) == (
+        learner5.meta["input_mean"],
+        learner5.meta["input_std"],
+    )
+    # learner 5 <- learner 4 <- learner 3 by config changes alone
+    assert learner3.meta["method"] == "cmaes" and learner3.meta["spec"]["init_sha256"] == LEARNERS["clone.pt"]
+    size_free, front_ends = learner5.meta["derivations"]
+    assert size_free["parent"] == "clone-cmaes.pt" and size_free["changes"] == SIZE_FREE_CHANGES
+    assert front_ends["parent"] == "size-free.pt" and front_ends["changes"] == DEFAULT_CHANGES
     assert learner4.config == learner3.config.replace(**SIZE_FREE_CHANGES)
-    assert model.config == learner4.config.replace(**DEFAULT_CHANGES)
+    assert learner5.config == learner4.config.replace(**DEFAULT_CHANGES)
     meta = {p.key: p.value for p in onnx.load(pretrained_path()).metadata_props}
     hashes = [v for k, v in meta.items() if "sha256" in k and SHIPPED_SHA256 in v]
     assert hashes, f"the ONNX file does not carry the V_M hash {SHIPPED_SHA256[:12]}...: {sorted(meta)}"
