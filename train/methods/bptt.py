@@ -119,16 +119,16 @@ class BpttTrainer(RolloutTrainer):
         Each window's part of the mean online cross-entropy (its sum over the
         window's [K, S, E] predictions divided by T * S * E) is backpropagated
         before the next window runs from the detached state, so the gradients
-        add up to those of ``loss`` with the same truncation. With ``update``
-        Adam steps after every window (``window_updates``).
+        add up to those of ``loss`` with the same truncation (without one, the
+        whole episode is a single window). With ``update`` Adam steps after
+        every window (``window_updates``).
 
         Returns:
             (meta-loss, cell steps, [(gradient norm, applied)] of each update made).
         """
-        k = self.options.truncation
-        assert k is not None, "accumulate needs a truncation"
         ep, state = self._start(iteration)
         t_steps, total = ep.x.shape[0], ep.y.numel()
+        k = self.options.truncation or t_steps
         loss, updates = 0.0, []
         for t0 in range(0, t_steps, k):
             x, y = ep.x[t0 : t0 + k], ep.y[t0 : t0 + k]
@@ -157,14 +157,9 @@ class BpttTrainer(RolloutTrainer):
 
     def step(self, iteration: int) -> dict[str, float]:
         self.opt.zero_grad(set_to_none=True)
-        if self.options.truncation is None:
-            loss_t, work = self.loss(iteration)
-            loss_t.backward()
-            loss, updates = float(loss_t.detach()), [self._apply()]
-        else:
-            loss, work, updates = self.accumulate(iteration, update=self.options.window_updates)
-            if not self.options.window_updates:
-                updates = [self._apply()]
+        loss, work, updates = self.accumulate(iteration, update=self.options.window_updates)
+        if not self.options.window_updates:
+            updates = [self._apply()]
         return {
             "loss": loss,
             "grad_norm": updates[-1][0],
