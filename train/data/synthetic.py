@@ -177,13 +177,7 @@ class TabularTeacher(Teacher):
 
     def raw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """[I, A] features before z-scoring."""
-        a = self.n_features
-        gauss = rng.standard_normal((n, a))
-        heavy = rng.standard_t(self.df, size=(n, a))
-        skew = np.exp(rng.standard_normal((n, a)))
-        rare = (rng.random((n, a)) < self.rate).astype(np.float64)
-        x = np.choose(self.kinds, [gauss, heavy, skew, rare])
-        return x.astype(np.float32)
+        return _raw_features(self.kinds, self.rate, self.df, n, rng)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` rows: z-scored features float32 [I, A], labels int64 [I]."""
@@ -192,6 +186,16 @@ class TabularTeacher(Teacher):
         flip = rng.random(n) < self.noise
         y[flip] = rng.integers(0, self.n_classes, int(flip.sum()))
         return z.astype(np.float32), y
+
+
+def _raw_features(kinds: np.ndarray, rate: np.ndarray, df: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """[I, A] float32 features by kind (0 Gaussian, 1 Student t, 2 log-normal, 3 0/1 with rate[a])."""
+    a = len(kinds)
+    gauss = rng.standard_normal((n, a))
+    heavy = rng.standard_t(df, size=(n, a))
+    skew = np.exp(rng.standard_normal((n, a)))
+    rare = (rng.random((n, a)) < rate).astype(np.float64)
+    return np.choose(kinds, [gauss, heavy, skew, rare]).astype(np.float32)
 
 
 def _argmax_with_prior(x: np.ndarray, *, w: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
@@ -237,8 +241,7 @@ class TabularTask(_Family):
         p = np.asarray(self.kinds) / sum(self.kinds)
         kinds = rng.choice(4, size=a, p=p)
         rate = rng.uniform(0.01, 0.1, a).astype(np.float32)
-        probe = TabularTeacher(a, b, 1.0, _sum_sign, kinds=kinds, rate=rate, df=self.df)
-        ref = probe.raw(4096, rng).astype(np.float64)
+        ref = _raw_features(kinds, rate, self.df, 4096, rng).astype(np.float64)
         mean, std = ref.mean(0), ref.std(0)
         std[std < 1e-6] = 1.0  # an indicator that never fired in the reference rows
         n_rel = max(1, round(self.relevant * a))
