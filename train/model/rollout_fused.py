@@ -27,11 +27,11 @@ import ctypes
 import torch
 from torch import Tensor
 
-from .cell import gate_bias, is_tracing, layer_params, split_rows
+from .cell import gate_bias, layer_params, split_rows
 from .config import VSMLConfig
 from .params import Params, base_ndim
 from .state import VSMLState
-from .visit_fused import kernel
+from .visit_fused import kernel, kernel_applies
 
 REDUCTIONS = {"mean": 0, "sum": 1, "sqrt": 2}
 
@@ -64,14 +64,12 @@ def pack_params(params: Params, config: VSMLConfig, dtype: torch.dtype) -> Tenso
 
 
 def _usable(params: Params, config: VSMLConfig, x: Tensor, y1h: Tensor, state: VSMLState) -> bool:
-    if is_tracing() or not covers(config) or x.shape[2] != 1 or config.state_size > 64:
+    if not covers(config) or x.shape[2] != 1:
         return False
-    tensors = [x, y1h, *state.h, *state.c, *state.bwd, *params.values()]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    tensors: list[Tensor | None] = [x, y1h, *state.h, *state.c, *state.bwd]
+    if not kernel_applies(kernel(), params, tensors, config.state_size):
         return False
-    if any(t.device.type != "cpu" for t in tensors) or x.dtype not in (torch.float32, torch.float64):
-        return False
-    return kernel() is not None
+    return all(t is not None and t.device.type == "cpu" for t in [*tensors, *params.values()])
 
 
 def rollout_fused(

@@ -120,7 +120,11 @@ def fused_available() -> bool:
     return kernel() is not None
 
 
-def _usable(lib: ctypes.CDLL | None, p: Params, tensors: list[Tensor | None], n: int) -> bool:
+def kernel_applies(lib: ctypes.CDLL | None, p: Params, tensors: list[Tensor | None], n: int) -> bool:
+    """Whether the kernel ``lib`` can run on ``tensors`` (the first one sets device and dtype) with state size n.
+
+    Not where it is missing, under tracing, with n above its maximum, or where autograd needs a graph.
+    """
     if lib is None or is_tracing() or n > lib.vsml_max_state():
         return False
     grads = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [*tensors, *p.values()])
@@ -154,7 +158,7 @@ def visit_fused(
     """
     n = config.state_size
     lib = None if is_tracing() else kernel()  # nothing to build or load while torch.compile / export trace
-    if not _usable(lib, p, [h, c, fwd_in, bwd_in], n):
+    if not kernel_applies(lib, p, [h, c, fwd_in, bwd_in], n):
         h, c, fwd_out, bwd_out = visit_fast(p, h, c, fwd_in, bwd_in, extras, config, want_fwd, want_bwd)
         if clip is not None:
             h, c = h.clamp(-clip, clip), c.clamp(-clip, clip)
