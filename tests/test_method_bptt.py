@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.tasks import LinearTeacherTasks
-from vsml_train.methods.bptt import BpttOptions, BpttTrainer
+from vsml_train.methods.bptt import BpttOptions, BpttTrainer, step_weights
 from vsml_train.model.config import VSMLConfig
 
 CFG = VSMLConfig(layer_norm=True, backward_pass=True)
@@ -78,9 +78,10 @@ def test_state_dict_roundtrip_continues_identically() -> None:
         assert torch.equal(v, b.params()[k])
 
 
-def test_windowed_backward_gives_the_whole_graphs_gradient() -> None:
+@pytest.mark.parametrize("tau", [None, 4.0])
+def test_windowed_backward_gives_the_whole_graphs_gradient(tau: float | None) -> None:
     """Backpropagating window by window (memory of K steps) adds up to the truncated graph's gradient."""
-    whole, windowed = _trainer(truncation=3), _trainer(truncation=3)
+    whole, windowed = _trainer(truncation=3, step_weight_tau=tau), _trainer(truncation=3, step_weight_tau=tau)
     lw, _ = whole.loss(0)
     lw.backward()
     loss, _, updates = windowed.accumulate(0)
@@ -109,3 +110,28 @@ def test_window_updates_step_once_per_window_and_resume_exactly() -> None:
 def test_window_updates_need_a_truncation() -> None:
     with pytest.raises(ValueError, match="window_updates needs a truncation"):
         BpttOptions(window_updates=True)
+
+
+def test_step_weights_favour_the_first_steps_and_average_one() -> None:
+    assert torch.equal(step_weights(7, None), torch.ones(7))
+    w = step_weights(500, 100.0)
+    assert math.isclose(float(w.mean()), 1.0, rel_tol=1e-6)
+    assert bool((w[1:] < w[:-1]).all())
+    assert math.isclose(float(w[0] / w[100]), 2.0, rel_tol=1e-5)  # (1 + 100 / 100)^-1 against step 0
+
+
+def test_step_weights_change_the_gradient_not_the_uniform_loss() -> None:
+    """Weighting is not a no-op: with tau the meta-loss and its gradient differ from the unweighted ones."""
+    plain, weighted = _trainer(), _trainer(step_weight_tau=2.0)
+    lp, _ = plain.loss(0)
+    lw, _ = weighted.loss(0)
+    assert not torch.isclose(lp, lw)
+    lp.backward()
+    lw.backward()
+    assert not torch.allclose(plain.vm["w_gates"].grad, weighted.vm["w_gates"].grad)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
+def test_step_weight_tau_must_be_positive(tau: float) -> None:
+    with pytest.raises(ValueError, match="step_weight_tau must be > 0"):
+        BpttOptions(step_weight_tau=tau)

@@ -3,7 +3,8 @@
 One update: S episodes (streams of the task mix) run as S learners that share
 one V_M (base-shaped parameters broadcast over the learner axis) in one
 ``run_episode`` call; the meta-loss is the mean online cross-entropy over every
-step, example and episode; its gradient w.r.t. V_M flows back through the whole
+step, example and episode (optionally weighted towards the first steps,
+``step_weight_tau``); its gradient w.r.t. V_M flows back through the whole
 unrolled episode (or, with ``truncation`` K, only within windows of K steps:
 the state is detached every K steps); the gradient norm is clipped and Adam
 applies it. Public config: Adam 1e-3, clip 25, 128 episodes per update,
@@ -53,6 +54,9 @@ class BpttOptions:
             windows are backpropagated one at a time (memory of K steps).
         window_updates: with ``truncation``, an Adam update after every window
             instead of one per episode.
+        step_weight_tau: weight the cross-entropy of step t (0-based) by
+            (1 + t / tau)^-1, normalised to mean 1 over the episode's T steps, so
+            the first examples of a stream count more (None: every step alike).
         tasks: the episodes' task mix.
     """
 
@@ -62,6 +66,7 @@ class BpttOptions:
     grad_clip: float | None = 25.0
     truncation: int | None = None
     window_updates: bool = False
+    step_weight_tau: float | None = None
     tasks: TaskOptions = field(default_factory=TaskOptions)
 
     def __post_init__(self) -> None:
@@ -74,6 +79,16 @@ class BpttOptions:
             raise ValueError(f"truncation must be >= 1 or None, got {self.truncation}")
         if self.window_updates and self.truncation is None:
             raise ValueError("window_updates needs a truncation (the window length)")
+        if self.step_weight_tau is not None and not self.step_weight_tau > 0:
+            raise ValueError(f"step_weight_tau must be > 0 or None, got {self.step_weight_tau}")
+
+
+def step_weights(t_steps: int, tau: float | None) -> torch.Tensor:
+    """[T] weights of the online cross-entropy per step: (1 + t / tau)^-1 with mean 1 (all 1 without tau)."""
+    if tau is None:
+        return torch.ones(t_steps)
+    w = 1.0 / (1.0 + torch.arange(t_steps, dtype=torch.float64) / tau)
+    return (w / w.mean()).float()
 
 
 class BpttTrainer(RolloutTrainer):
@@ -111,7 +126,9 @@ class BpttTrainer(RolloutTrainer):
             step_fn=self.step_fn,
             keep_grad_every=self.options.truncation,
         )
-        return online_loss(res.logits, ep.y).mean(), cell_steps(self.config, ep, self.options.episodes)
+        w = step_weights(ep.y.shape[0], self.options.step_weight_tau).to(self.device)
+        loss = (online_loss(res.logits, ep.y) * w[:, None, None]).mean()
+        return loss, cell_steps(self.config, ep, self.options.episodes)
 
     def accumulate(self, iteration: int, update: bool = False) -> tuple[float, int, list[tuple[float, bool]]]:
         """Backpropagate the meta-loss of ``iteration`` one truncation window at a time.
@@ -129,11 +146,12 @@ class BpttTrainer(RolloutTrainer):
         ep, state = self._start(iteration)
         t_steps, total = ep.x.shape[0], ep.y.numel()
         k = self.options.truncation or t_steps
+        w = step_weights(t_steps, self.options.step_weight_tau).to(self.device)
         loss, updates = 0.0, []
         for t0 in range(0, t_steps, k):
             x, y = ep.x[t0 : t0 + k], ep.y[t0 : t0 + k]
             res = run_episode(self.vm, self.config, x, y, ep.n_classes, state=state, step_fn=self.step_fn)
-            part = online_loss(res.logits, y).sum() / total
+            part = (online_loss(res.logits, y) * w[t0 : t0 + k, None, None]).sum() / total
             part.backward()
             loss += float(part.detach())
             state = res.state.map(torch.Tensor.detach)
