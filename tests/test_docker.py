@@ -11,7 +11,7 @@ from tests import docker_layout as dl
 from tests.test_runtime_learner import export_tmp
 from vsml_train.model.config import VSMLConfig
 
-SHIPPED = "4a2d454ef4eb"  # the pretrained learner's V_M sha256 (vsml_runtime/assets/MODEL_CARD.md)
+SHIPPED = "955b7aa2752c"  # the pretrained learner's V_M sha256 (vsml_runtime/assets/MODEL_CARD.md)
 
 
 def test_every_copy_source_is_in_the_build_context() -> None:

@@ -15,9 +15,11 @@ from vsml_runtime.learner import pretrained_path
 from vsml_train.demo import bundled_dataset, default_learner, run_demo
 from vsml_train.model.model_file import load_model
 
-# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 6) and the V_M
-# of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT, config unchanged)
-SHIPPED_SHA256 = "4a2d454ef4eb96f856a0b166f5bfc1ee3680e7f11b4667f2971cb61791658ef2"
+# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 7), learner 6
+# and the V_M of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT, config unchanged;
+# learner 7 from learner 6 the same way, with a weaker online-norm prior)
+SHIPPED_SHA256 = "955b7aa2752c9279e36e6ab6681e7b34c5e0b4762531158a33b055a3eccb826f"
+LEARNER6_SHA256 = "4a2d454ef4eb96f856a0b166f5bfc1ee3680e7f11b4667f2971cb61791658ef2"
 LEARNER3_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"
 # accuracy over online steps 200..400 on the bundled MNIST slice, through ONNX Runtime;
 # seen at shipping: 0.735-0.78 (3 seeds); chance is 0.10
@@ -31,6 +33,7 @@ LEARNERS = {
     "clone-cmaes.pt": LEARNER3_SHA256,  # learner 3: learner 1 improved by CMA-ES
     "size-free.pt": LEARNER3_SHA256,  # learner 4: learner 3 with size-free pooling and a bias input
     "front-ends.pt": LEARNER3_SHA256,  # learner 5: learner 4 with online standardisation and an annealed error
+    "tbptt.pt": LEARNER6_SHA256,  # learner 6: learner 5 + 20 iterations of truncated BPTT
 }
 # what makes learner 4 out of learner 3, then learner 5 out of learner 4, V_M unchanged (vsml-model set)
 SIZE_FREE_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
@@ -44,18 +47,20 @@ def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
     model = load_model(pt)
     assert model.params_hash() == SHIPPED_SHA256
     learners = Path(pt).parent / "learners"
-    learner3, learner4, learner5 = (
-        load_model(learners / f) for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt")
+    learner3, learner4, learner5, learner6 = (
+        load_model(learners / f) for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt", "tbptt.pt")
     )
+    # learner 7: truncated BPTT from learner 6 (model card, "Learner 7") under an online-norm prior of 10
+    assert model.meta["method"] == "bptt" and model.meta["iterations"] == 40
+    assert model.meta["spec"]["init_sha256"] == LEARNER6_SHA256
+    assert model.config == learner6.config.replace(online_norm_prior=10)
     # learner 6: truncated BPTT from learner 5 (model card, "Learner 6"), same config, MNIST input statistics kept
-    assert model.meta["method"] == "bptt" and model.meta["iterations"] == 20
-    assert model.meta["spec"]["init_sha256"] == LEARNER3_SHA256 and model.config == learner5.config
-    opts = model.meta["spec"]["options"]
-    assert (opts["truncation"], opts["window_updates"], opts["tasks"]["synthetic"]) == (50, True, ["tabular"])
-    assert (model.meta["input_mean"], model.meta["input_std"]) == (
-        learner5.meta["input_mean"],
-        learner5.meta["input_std"],
-    )
+    assert learner6.meta["method"] == "bptt" and learner6.meta["iterations"] == 20
+    assert learner6.meta["spec"]["init_sha256"] == LEARNER3_SHA256 and learner6.config == learner5.config
+    for m in (model, learner6):
+        opts = m.meta["spec"]["options"]
+        assert (opts["truncation"], opts["window_updates"], opts["tasks"]["synthetic"]) == (50, True, ["tabular"])
+        assert (m.meta["input_mean"], m.meta["input_std"]) == (learner5.meta["input_mean"], learner5.meta["input_std"])
     # learner 5 <- learner 4 <- learner 3 by config changes alone
     assert learner3.meta["method"] == "cmaes" and learner3.meta["spec"]["init_sha256"] == LEARNERS["clone.pt"]
     size_free, front_ends = learner5.meta["derivations"]
