@@ -120,7 +120,7 @@ def test_step_weights_favour_the_first_steps_and_average_one() -> None:
     assert math.isclose(float(w[0] / w[100]), 2.0, rel_tol=1e-5)  # (1 + 100 / 100)^-1 against step 0
 
 
-def test_step_weights_change_the_gradient_not_the_uniform_loss() -> None:
+def test_step_weights_change_the_loss_and_its_gradient() -> None:
     """Weighting is not a no-op: with tau the meta-loss and its gradient differ from the unweighted ones."""
     plain, weighted = _trainer(), _trainer(step_weight_tau=2.0)
     lp, _ = plain.loss(0)
