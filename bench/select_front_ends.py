@@ -98,12 +98,12 @@ def main() -> None:
     screen = screen_set() if args.screen else None
     rows: dict[str, dict] = {}
     for text in args.changes or [""]:
+        name = text or "(file's config)"
         cfg = model.config.replace(**parse_changes([kv for kv in text.split(",") if kv]))
         learner = VSMLLearner(model.params, cfg, impl="fused")
-        rows[text or "(file's config)"] = score(lambda x, y, b, lr=learner: lr.run(x, y, b, seed=0), sets)
+        rows[name] = score(lambda x, y, b, lr=learner: lr.run(x, y, b, seed=0), sets)
         if screen is not None:
             hits = learner.run(*screen, 10, seed=0).argmax(-1) == screen[1]
-            name = text or "(file's config)"
             print(f"{name}: screen first 100 {hits[:100].mean():.3f}, 100-300 {hits[100:].mean():.3f}")
     if args.baselines:
         from vsml_train.evaluation.external import VowpalWabbitOAA
