@@ -129,7 +129,9 @@ def reference_step(
                     )
                     mean_new[p, e, a], sq_new[p, e, a] = mean, sq
                     sd = math.sqrt(max(sq - mean * mean, 0.0) + config.online_norm_eps)
-                    x_new[p, e, a] = (x[p, e, a] - mean) / sd
+                    qc = q if config.online_norm_center_prior is None else config.online_norm_center_prior
+                    centre = mean * (n_seen + E + q) / (n_seen + E + qc)
+                    x_new[p, e, a] = (x[p, e, a] - centre) / sd
         x, norm = x_new, (mean_new, sq_new)
     for p in range(P):
         for e in range(E):

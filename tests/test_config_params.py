@@ -28,7 +28,8 @@ def test_config_roundtrip_and_unknown_keys() -> None:
     [{"state_size": 7}, {"msg_size": 1}, {"micro_ticks": 0}, {"hidden": (0,)}, {"output_channel": 8},
      {"reduction": "max"}, {"batch_average": "some"}, {"clip": -1.0}, {"init_mode": "zeros"}, {"tanh_bound": 0},
      {"online_norm_eps": 0.0}, {"online_norm_prior": float("nan")}, {"error_scale": -1.0},
-     {"error_decay_steps": 0.0}, {"error_decay_steps": float("inf")}, {"error_decay_power": -0.5}],
+     {"online_norm_center_prior": -1.0}, {"error_decay_steps": 0.0}, {"error_decay_steps": float("inf")},
+     {"error_decay_power": -0.5}],
 )  # fmt: skip
 def test_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError, match="invalid VSMLConfig"):

@@ -70,6 +70,7 @@ CONFIGS = {
         "backward_pass": True,
     },
     "norm-deep": {"online_norm": True, "hidden": (3,), "online_norm_eps": 0.5},
+    "norm-centre-prior": {"online_norm": True, "online_norm_prior": 10.0, "online_norm_center_prior": 1.0},
 }
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_runtime_learner import export_tmp
 from vsml_runtime import Learner, LearnerPool
@@ -25,9 +27,13 @@ from vsml_train.model.state import init_state, state_names
 DT = torch.float64
 
 
-def test_online_standardize_equals_the_moments_of_the_prefix_with_the_prior() -> None:
-    """After t steps of E examples: mean and variance of (q prior examples of mean 0, var 1) + every x so far."""
-    config = VSMLConfig(online_norm=True, online_norm_prior=2.0, online_norm_eps=0.05)
+@pytest.mark.parametrize("center_prior", [None, 0.0, 0.5, 7.0])
+def test_online_standardize_equals_the_moments_of_the_prefix_with_the_prior(center_prior: float | None) -> None:
+    """After t steps of E examples: mean and variance of (q prior examples of mean 0, var 1) + every x so far;
+    the centre uses q_c pseudo-examples instead of q when ``online_norm_center_prior`` is set."""
+    config = VSMLConfig(
+        online_norm=True, online_norm_prior=2.0, online_norm_eps=0.05, online_norm_center_prior=center_prior
+    )
     gen = torch.Generator().manual_seed(0)
     p, e, a, steps = 2, 3, 4, 6
     x = torch.randn(steps, p, e, a, generator=gen, dtype=DT) * 3 + 1.5
@@ -40,7 +46,8 @@ def test_online_standardize_equals_the_moments_of_the_prefix_with_the_prior() ->
         want_mean = seen.sum(1) / (n + q)
         want_var = (q + (seen**2).sum(1)) / (n + q) - want_mean**2
         torch.testing.assert_close(mean, want_mean.unsqueeze(1).expand(p, e, a))
-        want = (x[t] - want_mean.unsqueeze(1)) / torch.sqrt(want_var.unsqueeze(1) + config.online_norm_eps)
+        centre = want_mean if center_prior is None else seen.sum(1) / (n + center_prior)
+        want = (x[t] - centre.unsqueeze(1)) / torch.sqrt(want_var.unsqueeze(1) + config.online_norm_eps)
         torch.testing.assert_close(xhat, want)
 
 
@@ -133,3 +140,29 @@ def test_predicting_many_rows_equals_predicting_each_alone(norm_onnx: Path) -> N
     _, many = learner.predict(x[20:], return_logits=True)
     alone = np.stack([learner.predict(row, return_logits=True)[1] for row in x[20:]])
     np.testing.assert_allclose(many, alone, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    offset=st.floats(-1e3, 1e3, allow_nan=False),
+    prior=st.floats(0.1, 100.0),
+    steps=st.integers(1, 6),
+)
+def test_a_zero_center_prior_maps_a_constant_feature_to_zero_from_the_first_example(
+    offset: float, prior: float, steps: int
+) -> None:
+    """q_c = 0 centres by the data's own mean: a feature that never changes is 0 at every step, whatever
+    its value and the scale prior; with the shared prior (q_c = None) the same feature is not."""
+    config = VSMLConfig(online_norm=True, online_norm_prior=prior, online_norm_center_prior=0.0)
+    mean, sq = torch.zeros(1, 1, 1, dtype=DT), torch.ones(1, 1, 1, dtype=DT)
+    shared_mean, shared_sq = mean.clone(), sq.clone()
+    x = torch.full((1, 1, 1), offset, dtype=DT)
+    for t in range(steps):
+        tt = torch.full((1, 1), float(t), dtype=DT)
+        xhat, mean, sq = online_standardize(x, mean, sq, tt, config)
+        assert abs(float(xhat)) < 1e-9
+        shared, shared_mean, shared_sq = online_standardize(
+            x, shared_mean, shared_sq, tt, config.replace(online_norm_center_prior=None)
+        )
+    if abs(offset) > 1.0:
+        assert abs(float(shared)) > 1e-3

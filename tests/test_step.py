@@ -57,6 +57,7 @@ CONFIGS: dict[str, dict] = {
         "online_norm": True,
         "online_norm_eps": 0.3,
         "online_norm_prior": 2.0,
+        "online_norm_center_prior": 0.5,
         "bias_input": 3.0,
         "reduction": "sqrt",
         "backward_pass": True,

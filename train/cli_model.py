@@ -35,6 +35,7 @@ SETTABLE = (
     "online_norm",
     "online_norm_eps",
     "online_norm_prior",
+    "online_norm_center_prior",
     "error_scale",
     "error_decay_steps",
     "error_decay_power",

@@ -274,14 +274,21 @@ def online_standardize(
         step's E examples: with the prior's q pseudo-examples of mean 0 and second
         moment 1 and n = (t + 1) E examples seen, m' = m + E / (n + q) * (mean_E(x) - m),
         i.e. the exact running averages of (q prior examples, every x so far).
-        x_hat = (x - mean') / sqrt(max(sq' - mean'^2, 0) + online_norm_eps).
+        x_hat = (x - c') / sqrt(max(sq' - mean'^2, 0) + online_norm_eps), where the
+        centre c' = mean' (n + q) / (n + q_c) = sum(x) / (n + q_c) with
+        q_c = ``online_norm_center_prior`` (c' = mean' when it is None).
     """
     e = fan_in(x, 1)
-    w = (e / ((t + 1) * e + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
+    q = config.online_norm_prior
+    n = (t + 1) * e  # [P, E] examples seen, this step's included
+    w = (e / (n + q)).unsqueeze(-1)  # [P, E, 1]
     mean = x_mean + w * (x.mean(1, keepdim=True) - x_mean)
     sq = x_sq + w * ((x * x).mean(1, keepdim=True) - x_sq)
     var = torch.clamp(sq - mean * mean, min=0.0)
-    return (x - mean) * torch.rsqrt(var + config.online_norm_eps), mean, sq
+    centre = mean
+    if config.online_norm_center_prior is not None:
+        centre = mean * ((n + q) / (n + config.online_norm_center_prior)).unsqueeze(-1)
+    return (x - centre) * torch.rsqrt(var + config.online_norm_eps), mean, sq
 
 
 # ---------------------------------------------------------------------------

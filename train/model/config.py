@@ -73,6 +73,12 @@ class VSMLConfig:
             feature's scale and offset, as Vowpal Wabbit's normalised updates.
         online_norm_eps: added to the running variance (a constant feature maps to 0).
         online_norm_prior: pseudo-examples of the prior (mean 0, variance 1).
+        online_norm_center_prior: when set (q_c), the feature is centred by
+            the running mean with q_c pseudo-examples of mean 0 instead of q:
+            mean_c = sum(x) / (n + q_c), while its scale keeps the prior of q.
+            A small q_c centres an offset feature from its first examples
+            without the early variance blowing up (docs/model.md §3.4); None
+            centres with q as well.
         error_scale: multiplier of the error channel of the output's backward message.
         error_decay_steps: when set (tau), the error channel is further scaled by
             (1 + t / tau) ** -error_decay_power at step t: an annealed step size
@@ -106,6 +112,7 @@ class VSMLConfig:
     online_norm: bool = False
     online_norm_eps: float = 0.01
     online_norm_prior: float = 1.0
+    online_norm_center_prior: float | None = None
     error_scale: float = 1.0
     error_decay_steps: float | None = None
     error_decay_power: float = 0.5
@@ -139,6 +146,9 @@ class VSMLConfig:
             errors.append(f"online_norm_eps must be a finite number > 0, got {self.online_norm_eps}")
         if not (math.isfinite(self.online_norm_prior) and self.online_norm_prior > 0):
             errors.append(f"online_norm_prior must be a finite number > 0, got {self.online_norm_prior}")
+        qc = self.online_norm_center_prior
+        if qc is not None and not (math.isfinite(qc) and qc >= 0):
+            errors.append(f"online_norm_center_prior must be a finite number >= 0 or None, got {qc}")
         if not (math.isfinite(self.error_scale) and self.error_scale > 0):
             errors.append(f"error_scale must be a finite number > 0, got {self.error_scale}")
         if self.error_decay_steps is not None and not (
