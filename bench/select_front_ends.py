@@ -17,8 +17,9 @@ and the mean of the six numbers (the selection score). ``--screen`` adds the
 screening set that chose learner 7's prior: MNIST's training split, 300 steps
 x 16 streams, seed 11 (first 100 / steps 100-300; 16 streams estimate the
 first 100 better than the selection set's 4), and the same streams with
-inverted pixels (1 - p), which chose learner 8's centring prior. Vowpal Wabbit's
-defaults and linear SGD / Adam run on the same streams for scale.
+inverted pixels (1 - p), which with it chose learner 8's centring prior.
+Vowpal Wabbit's defaults and linear SGD / Adam run on the same streams for
+scale (``--baselines``).
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ from vsml_runtime.learner import pretrained_path
 from vsml_train.demo import bundled_dataset, default_learner, run_demo
 from vsml_train.model.model_file import load_model
 
-# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 7), learner 6
-# and the V_M of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT, config unchanged;
-# learner 7 from learner 6 the same way, with a weaker online-norm prior)
+# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 8, whose V_M is
+# learner 7's), learner 6 and the V_M of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT,
+# config unchanged; learner 7 from learner 6 the same way, with a weaker online-norm prior; learner 8 is learner 7
+# with a centring prior of its own)
 SHIPPED_SHA256 = "955b7aa2752c9279e36e6ab6681e7b34c5e0b4762531158a33b055a3eccb826f"
 LEARNER6_SHA256 = "4a2d454ef4eb96f856a0b166f5bfc1ee3680e7f11b4667f2971cb61791658ef2"
 LEARNER3_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"
@@ -34,10 +35,12 @@ LEARNERS = {
     "size-free.pt": LEARNER3_SHA256,  # learner 4: learner 3 with size-free pooling and a bias input
     "front-ends.pt": LEARNER3_SHA256,  # learner 5: learner 4 with online standardisation and an annealed error
     "tbptt.pt": LEARNER6_SHA256,  # learner 6: learner 5 + 20 iterations of truncated BPTT
+    "tbptt-prior10.pt": SHIPPED_SHA256,  # learner 7: learner 6 + 40 iterations under online-norm prior 10
 }
 # what makes learner 4 out of learner 3, then learner 5 out of learner 4, V_M unchanged (vsml-model set)
 SIZE_FREE_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
 DEFAULT_CHANGES = {"online_norm": True, "online_norm_prior": 100, "output_gain": 40, "error_decay_steps": 300}
+CENTRE_CHANGES = {"online_norm_center_prior": 0.3}  # what makes learner 8 out of learner 7 (vsml-model set)
 FASHION_BOUND = 0.50
 NARROW_FIRST50_BOUND = 0.70
 
@@ -47,17 +50,23 @@ def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
     model = load_model(pt)
     assert model.params_hash() == SHIPPED_SHA256
     learners = Path(pt).parent / "learners"
-    learner3, learner4, learner5, learner6 = (
-        load_model(learners / f) for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt", "tbptt.pt")
+    learner3, learner4, learner5, learner6, learner7 = (
+        load_model(learners / f)
+        for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt", "tbptt.pt", "tbptt-prior10.pt")
     )
+    # learner 8: learner 7's V_M with a centring prior of its own (model card, "Learner 8"), by config alone
+    (centre,) = model.meta["derivations"]
+    assert centre["parent"] == "tbptt-prior10.pt" and centre["changes"] == CENTRE_CHANGES
+    assert centre["parent_params_sha256"] == SHIPPED_SHA256 == learner7.params_hash()
+    assert model.config == learner7.config.replace(**CENTRE_CHANGES)
     # learner 7: truncated BPTT from learner 6 (model card, "Learner 7") under an online-norm prior of 10
-    assert model.meta["method"] == "bptt" and model.meta["iterations"] == 40
-    assert model.meta["spec"]["init_sha256"] == LEARNER6_SHA256
-    assert model.config == learner6.config.replace(online_norm_prior=10)
+    assert learner7.meta["method"] == "bptt" and learner7.meta["iterations"] == 40
+    assert learner7.meta["spec"]["init_sha256"] == LEARNER6_SHA256
+    assert learner7.config == learner6.config.replace(online_norm_prior=10)
     # learner 6: truncated BPTT from learner 5 (model card, "Learner 6"), same config, MNIST input statistics kept
     assert learner6.meta["method"] == "bptt" and learner6.meta["iterations"] == 20
     assert learner6.meta["spec"]["init_sha256"] == LEARNER3_SHA256 and learner6.config == learner5.config
-    for m in (model, learner6):
+    for m in (model, learner7, learner6):
         opts = m.meta["spec"]["options"]
         assert (opts["truncation"], opts["window_updates"], opts["tasks"]["synthetic"]) == (50, True, ["tabular"])
         assert (m.meta["input_mean"], m.meta["input_std"]) == (learner5.meta["input_mean"], learner5.meta["input_std"])
@@ -87,6 +96,29 @@ def test_shipped_learner_learns_a_narrow_imbalanced_table_from_the_first_example
     preds = np.array([learner.learn(x[i], int(y[i])) for i in range(300)])
     assert (preds[:50] == y[:50]).mean() >= NARROW_FIRST50_BOUND
     assert (preds[100:] == y[100:]).mean() >= 0.85
+
+
+def test_shipped_learner_learns_offset_features_about_as_fast_as_centred_ones() -> None:
+    """Learner 8's centring prior: a large offset on every feature costs little of the first 100 steps.
+
+    20 features, 3 classes, a random linear teacher, offsets of 2-5 in either sign per feature (data seeds
+    0-2). Seen at shipping: learner 8 loses 0.02-0.04 of its first 100 to the offsets (0.657 -> 0.630 mean),
+    learner 7 (one prior of 10 for centre and scale) 0.09-0.11 (0.667 -> 0.563).
+    """
+    drops = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(300, 20)).astype(np.float32)
+        y = (x @ rng.normal(size=(20, 3))).argmax(1)
+        offset = (rng.uniform(2, 5, size=20) * rng.choice([-1, 1], 20)).astype(np.float32)
+        first = []
+        for xs in (x, x + offset):
+            learner = Learner.pretrained(20, 3, seed=0)
+            preds = np.array([learner.learn(xs[i], int(y[i])) for i in range(300)])
+            first.append((preds[:100] == y[:100]).mean())
+        assert first[0] > 0.55, f"seed {seed}: the centred stream's first 100 is {first[0]:.2f}"
+        drops.append(first[0] - first[1])
+    assert np.mean(drops) < 0.06, f"offsets cost {np.mean(drops):.3f} of the first 100 (learner 7: about 0.10)"
 
 
 def test_shipped_learner_learns_bundled_mnist_online() -> None:
