@@ -78,11 +78,18 @@ def screen_set() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     "screen" is the streams as they are; "inverted" the same streams with every pixel p -> 1 - p
     (standardised with the same scalars), a proxy with a large offset on every feature that asks
-    whether the online standardisation centres fast enough (learner 8's centring prior).
+    whether the online standardisation centres fast enough (learner 8's centring prior);
+    "contrast" the same streams with the pixels of class y scaled by f_y, log-uniform in [1/3, 3]
+    per stream and class: classes that differ in brightness, where online nearest-class-mean gains
+    (0.554 -> 0.619) and learners 7 and 8 do not (model card, "Learner 8").
     """
     st = protocol_streams(EvalProtocol(dataset="mnist", split="train", n_steps=300, n_streams=16, seed=11))
     inverted = ((1.0 - 2.0 * MNIST_MEAN) / MNIST_STD - st.x).astype(np.float32)
-    return {"screen": (st.x, st.y), "inverted": (inverted, st.y)}
+    # each stream's classes with their own contrast (ClassContrast(3)'s law, seed 5): pixels p -> f_y p
+    gain = np.exp(np.random.default_rng(5).uniform(-np.log(3.0), np.log(3.0), size=(st.x.shape[1], 10)))  # [S, B]
+    f = gain[np.arange(st.x.shape[1])[None, :], st.y][..., None]  # [T, S, 1]
+    contrast = (((st.x * MNIST_STD + MNIST_MEAN) * f - MNIST_MEAN) / MNIST_STD).astype(np.float32)
+    return {"screen": (st.x, st.y), "inverted": (inverted, st.y), "contrast": (contrast, st.y)}
 
 
 def score(run, sets: dict) -> dict[str, tuple[float, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from vsml_train.data.augment import (
     ClassSubset,
@@ -177,3 +178,53 @@ def test_invalid_specs():
         ClassSubset(0)
     with pytest.raises(ValueError):
         Resize(0)
+
+
+def test_class_contrast_scales_each_classes_pixels_by_its_own_factor() -> None:
+    """With the pivot at a black pixel, class y's pixels become f_y times brighter; labels are untouched."""
+    from vsml_train.data.augment import ClassContrast
+
+    mean, std = 0.1307, 0.3081
+    spec = ClassContrast(3.0, pivot=-mean / std)
+    t = spec.draw(np.random.default_rng(0), 6, 4)
+    assert t.label_gain is not None and t.label_gain.shape == (4,)
+    assert np.all((t.label_gain >= 1 / 3 - 1e-6) & (t.label_gain <= 3 + 1e-6)) and np.ptp(t.label_gain) > 0
+    pixels = np.random.default_rng(1).random((8, 6)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    out = t.apply_x((pixels - mean) / std, y) * std + mean
+    np.testing.assert_allclose(out, pixels * t.label_gain[y][:, None], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(t.apply_y(y), y)
+    with pytest.raises(ValueError, match="needs the labels"):
+        t.apply_x(pixels)
+
+
+def test_class_contrast_composes_only_as_the_first_augmentation() -> None:
+    from vsml_train.data.augment import ClassContrast, LabelPermutation, RandomProjection, draw_episode
+
+    rng = np.random.default_rng(2)
+    t = draw_episode([ClassContrast(2.0), LabelPermutation(), RandomProjection(5)], rng, 6, 3)
+    x, y = np.ones((4, 6), np.float32), np.array([0, 1, 2, 0])
+    assert t.apply_x(x, y).shape == (4, 5)
+    with pytest.raises(ValueError, match="must come first"):
+        draw_episode([LabelPermutation(), ClassContrast(2.0)], rng, 6, 3)
+    with pytest.raises(ValueError, match="max_factor"):
+        ClassContrast(0.5)
+
+
+def test_task_mix_class_contrast_changes_the_images_only() -> None:
+    """``TaskOptions.class_contrast``: the dataset's episodes differ, the synthetic family's do not."""
+    from vsml_train.methods.tasks import TaskMix, TaskOptions
+
+    base = TaskOptions(datasets=("mnist",), synthetic=("tabular",), synthetic_classes=2, steps=5, block=2)
+    contrast = TaskOptions(**{**base.__dict__, "class_contrast": 3.0})
+    plain_mix, contrast_mix = TaskMix(base, seed=0), TaskMix(contrast, seed=0)
+    seen = set()
+    for it in range(8):
+        src, _ = plain_mix.choice(it)
+        a, b = plain_mix.sample(it, 0, 2), contrast_mix.sample(it, 0, 2)
+        same = torch.equal(a.x, b.x)
+        assert same == (plain_mix.names[src] == "tabular"), (it, plain_mix.names[src])
+        seen.add(plain_mix.names[src])
+    assert seen == {"mnist", "tabular"}
+    with pytest.raises(ValueError, match="class_contrast"):
+        TaskOptions(class_contrast=0.5)

@@ -18,6 +18,11 @@ Specs:
 - ``ClassSubset(k)``: keep k of the B classes, relabelled 0..k-1 in increasing
   order of the original label; examples of other classes are dropped.
 - ``LabelPermutation()``: a random permutation of the B labels.
+- ``ClassContrast(max_factor, pivot)``: every class gets its own contrast,
+  x -> pivot + f_y (x - pivot) with f_y log-uniform in [1/max_factor,
+  max_factor]; with pivot = the standardised value of a black pixel this
+  scales the pixels of class y by f_y (classes that differ in brightness, as
+  Fashion-MNIST's do). It must come first: it needs the original labels.
 
 Dimension letters (docs/model.md §8): E examples, A features in, A' features out, B classes.
 """
@@ -44,6 +49,9 @@ class EpisodeTransform:
         label_map: int64 [B_in]: new label of each old label, -1 = dropped.
         n_classes: B of the labels it returns.
         ops: feature maps applied in order, each float32 [E, A_i] -> [E, A_i+1].
+        label_gain: float32 [B_in] or None: a contrast per original label,
+            applied before ``ops`` around ``pivot`` (``ClassContrast``).
+        pivot: the value the contrast keeps fixed.
     """
 
     n_features_in: int
@@ -51,6 +59,8 @@ class EpisodeTransform:
     label_map: np.ndarray = field(repr=False)
     n_classes: int
     ops: tuple[FeatureOp, ...] = field(default=(), repr=False)
+    label_gain: np.ndarray | None = field(default=None, repr=False)
+    pivot: float = 0.0
 
     @property
     def n_classes_in(self) -> int:
@@ -64,10 +74,15 @@ class EpisodeTransform:
         """bool [E]: which examples survive the label map."""
         return self.label_map[y] >= 0
 
-    def apply_x(self, x: np.ndarray) -> np.ndarray:
-        """float32 [E, A_in] -> float32 [E, A]."""
+    def apply_x(self, x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """float32 [E, A_in] (and the original labels int64 [E], needed with a ``label_gain``) -> float32 [E, A]."""
         if x.shape[-1] != self.n_features_in:
             raise ValueError(f"features have A = {x.shape[-1]}, the transform expects {self.n_features_in}")
+        if self.label_gain is not None:
+            if y is None:
+                raise ValueError("this transform changes each class's contrast: apply_x needs the labels")
+            gain = self.label_gain[y][:, None]  # [E, 1]
+            x = (self.pivot + gain * (x - self.pivot)).astype(np.float32, copy=False)
         for op in self.ops:
             x = op(x)
         return x.astype(np.float32, copy=False)
@@ -86,9 +101,17 @@ class EpisodeTransform:
                 f"cannot compose: first gives A={self.n_features}, B={self.n_classes}; "
                 f"second takes A={other.n_features_in}, B={other.n_classes_in}"
             )
+        gain, pivot = self.label_gain, self.pivot
+        if other.label_gain is not None:
+            identity = not self.ops and np.array_equal(self.label_map, np.arange(self.n_classes_in))
+            if gain is not None or not identity:
+                raise ValueError("a per-class contrast must come first among the augmentations (it reads the labels)")
+            gain, pivot = other.label_gain, other.pivot
         kept = self.label_map >= 0
         label_map = np.where(kept, other.label_map[np.where(kept, self.label_map, 0)], -1)
-        return EpisodeTransform(self.n_features_in, other.n_features, label_map, other.n_classes, self.ops + other.ops)
+        return EpisodeTransform(
+            self.n_features_in, other.n_features, label_map, other.n_classes, self.ops + other.ops, gain, pivot
+        )
 
 
 def identity_transform(n_features: int, n_classes: int) -> EpisodeTransform:
@@ -222,6 +245,30 @@ class ClassSubset:
 
 
 @dataclass(frozen=True)
+class ClassContrast:
+    """Each class's inputs scaled around ``pivot`` by its own factor, log-uniform in [1/max_factor, max_factor].
+
+    Attributes:
+        max_factor: the largest factor (>= 1; 1 changes nothing).
+        pivot: the value kept fixed; the standardised value of a black pixel,
+            (0 - 0.1307) / 0.3081 for the MNIST scalars, makes it scale the pixels.
+    """
+
+    max_factor: float
+    pivot: float = -0.1307 / 0.3081
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.max_factor) and self.max_factor >= 1.0):
+            raise ValueError(f"max_factor must be a finite number >= 1, got {self.max_factor}")
+
+    def draw(self, rng: np.random.Generator, n_features: int, n_classes: int) -> EpisodeTransform:
+        log_f = np.log(self.max_factor)
+        gain = np.exp(rng.uniform(-log_f, log_f, size=n_classes)).astype(np.float32)  # [B]
+        labels = np.arange(n_classes, dtype=np.int64)
+        return EpisodeTransform(n_features, n_features, labels, n_classes, label_gain=gain, pivot=self.pivot)
+
+
+@dataclass(frozen=True)
 class LabelPermutation:
     """A random permutation of the B labels, fresh per episode (label y becomes perm[y])."""
 
@@ -263,4 +310,4 @@ def apply_augmentations(
     transform = draw_episode(augment, rng, x.shape[-1], n_classes)
     keep = transform.keeps(y)
     x, y = x[keep], y[keep]
-    return transform.apply_x(np.asarray(x, dtype=np.float32)), transform.apply_y(y), transform.n_classes
+    return transform.apply_x(np.asarray(x, dtype=np.float32), y), transform.apply_y(y), transform.n_classes

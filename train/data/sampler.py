@@ -197,7 +197,7 @@ def sample_streams(
             x -= np.float32(mean)
         if std is not None:
             x /= np.float32(std)
-        out.put(s, transform.apply_x(x), transform.apply_y(labels[index]), transform)
+        out.put(s, transform.apply_x(x, labels[index]), transform.apply_y(labels[index]), transform)
     return out.streams()
 
 
@@ -237,7 +237,7 @@ def sample_synthetic_streams(
             else:
                 raise ValueError("the teacher almost never produces the classes the class subset keeps")
             x, y = np.concatenate(kept_x)[:n_steps], np.concatenate(kept_y)[:n_steps]
-        out.put(s, transform.apply_x(x), transform.apply_y(y), transform)
+        out.put(s, transform.apply_x(x, y), transform.apply_y(y), transform)
     return out.streams()
 
 

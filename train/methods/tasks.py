@@ -92,6 +92,10 @@ class TaskOptions:
         pixel_permutation: a fresh permutation of the inputs per episode.
         n_classes: train on random class subsets of this size (None: all).
         permute_labels: a fresh random label permutation per episode.
+        class_contrast: when set (a >= 1), the datasets' images (not the
+            synthetic families) get a contrast per class and episode,
+            log-uniform in [1/a, a] (``augment.ClassContrast``): classes that
+            differ in brightness, which the MNIST digits barely do.
         block: streams drawn per sampler call (the unit of reproducibility).
         data_dir: where datasets are looked for first.
         download: fetch missing datasets (network).
@@ -113,6 +117,7 @@ class TaskOptions:
     pixel_permutation: bool = False
     n_classes: int | None = None
     permute_labels: bool = False
+    class_contrast: float | None = None
     block: int = 8
     data_dir: str | None = None
     download: bool = False
@@ -128,6 +133,8 @@ class TaskOptions:
             raise ValueError(f"long_steps must be >= 1 or None, got {self.long_steps}")
         if self.project_dim is not None and self.project_dim < 1:
             raise ValueError(f"project_dim must be >= 1 or None, got {self.project_dim}")
+        if self.class_contrast is not None and not self.class_contrast >= 1.0:
+            raise ValueError(f"class_contrast must be >= 1 or None, got {self.class_contrast}")
         if not 0.0 <= self.project_fraction <= 1.0:
             raise ValueError(f"project_fraction must be in [0, 1], got {self.project_fraction}")
 
@@ -204,8 +211,10 @@ class TaskMix:
             sources.append(make_family(name, o.synthetic_features, b))
         self.names = [*o.datasets, *o.synthetic]
 
-        def specs(project: bool) -> list[object]:
+        def specs(project: bool, image: bool) -> list[object]:
             out: list[object] = []
+            if image and o.class_contrast is not None:
+                out.append(aug.ClassContrast(o.class_contrast))
             if o.resize is not None:
                 out.append(aug.Resize(o.resize))
             if o.pixel_permutation:
@@ -220,7 +229,9 @@ class TaskMix:
 
         lengths = {o.steps} | ({o.long_steps} if o.long_steps is not None else set())
         self.samplers = {
-            (i, proj, t): EpisodeSampler(src, n_streams=o.block, n_steps=t * o.examples, seed=seed, augment=specs(proj))
+            (i, proj, t): EpisodeSampler(
+                src, n_streams=o.block, n_steps=t * o.examples, seed=seed, augment=specs(proj, i < len(o.datasets))
+            )
             for i, src in enumerate(sources)
             for proj in (False, True)
             for t in lengths
