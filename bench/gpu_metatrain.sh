@@ -34,7 +34,8 @@ WINDOW=${WINDOW:-50}
 LR=${LR:-0.00002}
 # per-class contrast of the MNIST episodes (docs/model.md §6.5; "none" turns it off): the CPU runs from
 # learner 8 found the default short of nearest-class-mean where classes differ in brightness (model card,
-# "Learner 8"); 40 iterations at lr 6e-5 moved that screen by +0.008 only, so it is a bet on scale
+# "Learner 8"); 40 and 100 iterations at lr 6e-5 on one core moved that screen by under 0.01, so it is a
+# bet on scale, and the selection score below still decides
 CLASS_CONTRAST=${CLASS_CONTRAST:-3}
 DEVICE=${DEVICE:-cuda}
 mkdir -p "$OUT"
