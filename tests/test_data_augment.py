@@ -202,13 +202,13 @@ def test_class_contrast_composes_only_as_the_first_augmentation() -> None:
     from vsml_train.data.augment import ClassContrast, LabelPermutation, RandomProjection, draw_episode
 
     rng = np.random.default_rng(2)
-    t = draw_episode([ClassContrast(2.0), LabelPermutation(), RandomProjection(5)], rng, 6, 3)
+    t = draw_episode([ClassContrast(2.0, pivot=0.0), LabelPermutation(), RandomProjection(5)], rng, 6, 3)
     x, y = np.ones((4, 6), np.float32), np.array([0, 1, 2, 0])
     assert t.apply_x(x, y).shape == (4, 5)
     with pytest.raises(ValueError, match="must come first"):
-        draw_episode([LabelPermutation(), ClassContrast(2.0)], rng, 6, 3)
+        draw_episode([LabelPermutation(), ClassContrast(2.0, pivot=0.0)], rng, 6, 3)
     with pytest.raises(ValueError, match="max_factor"):
-        ClassContrast(0.5)
+        ClassContrast(0.5, pivot=0.0)
 
 
 def test_task_mix_class_contrast_changes_the_images_only() -> None:

@@ -251,11 +251,11 @@ class ClassContrast:
     Attributes:
         max_factor: the largest factor (>= 1; 1 changes nothing).
         pivot: the value kept fixed; the standardised value of a black pixel,
-            (0 - 0.1307) / 0.3081 for the MNIST scalars, makes it scale the pixels.
+            (0 - mean) / std for the dataset's scalars, makes it scale the pixels.
     """
 
     max_factor: float
-    pivot: float = -0.1307 / 0.3081
+    pivot: float
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.max_factor) and self.max_factor >= 1.0):

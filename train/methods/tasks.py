@@ -198,7 +198,7 @@ class TaskMix:
     def __init__(self, options: TaskOptions, seed: int) -> None:
         from ..data import augment as aug
         from ..data.datasets import load_dataset
-        from ..data.sampler import EpisodeSampler
+        from ..data.sampler import MNIST_MEAN, MNIST_STD, EpisodeSampler
         from ..data.synthetic import make_family
 
         self.options, self.seed = options, seed
@@ -213,8 +213,8 @@ class TaskMix:
 
         def specs(project: bool, image: bool) -> list[object]:
             out: list[object] = []
-            if image and o.class_contrast is not None:
-                out.append(aug.ClassContrast(o.class_contrast))
+            if image and o.class_contrast is not None:  # pivot: a black pixel under the scalars images get
+                out.append(aug.ClassContrast(o.class_contrast, pivot=-MNIST_MEAN / MNIST_STD))
             if o.resize is not None:
                 out.append(aug.Resize(o.resize))
             if o.pixel_permutation:
