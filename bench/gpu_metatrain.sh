@@ -2,10 +2,11 @@
 # Issue 10's prepared meta-training run for a lent GPU: one device call of at most 600 s.
 #
 # Online truncated BPTT (docs/model.md §6.3) from the shipped default (learner 8; its config, online-norm prior
-# 10 and centring prior 0.3 included, comes with --init) with the recipe of learners 6 and 7 at a larger scale: MNIST's TRAINING
-# split randomly projected 784 -> 784 (labels permuted per episode) and the synthetic 'tabular' family (32
-# features, 2 classes, skewed priors, rare indicators; projected to 784 as well, since the task mix projects
-# whole iterations); EPISODES episodes of STEPS steps per iteration, an Adam step every WINDOW steps.
+# 10 and centring prior 0.3 included, comes with --init) with the recipe of learners 6 and 7 at a larger
+# scale: MNIST's TRAINING split randomly projected 784 -> 784 (labels permuted per episode) and the synthetic
+# 'tabular' family (32 features, 2 classes, skewed priors, rare indicators; projected to 784 as well, since
+# the task mix projects whole iterations); EPISODES episodes of STEPS steps per iteration, an Adam step every
+# WINDOW steps.
 # Training stops after TRAIN_S seconds (SIGINT: the run loop checkpoints), the checkpoint becomes model.pt
 # (`vsml-train --resume` to the iteration reached), and the result and the default are scored side by side on
 # the selection sets of bench/select_front_ends.py (MNIST-train, the dev tables, the synthetic sparse family).

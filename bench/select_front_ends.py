@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from vsml_train.cli_model import parse_changes
+from vsml_train.data.augment import ClassContrast
 from vsml_train.data.sampler import MNIST_MEAN, MNIST_STD
 from vsml_train.data.tabular import DEV_TABLES, load_table
 from vsml_train.evaluation.baselines import online_adam, online_sgd
@@ -85,10 +86,9 @@ def screen_set() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """
     st = protocol_streams(EvalProtocol(dataset="mnist", split="train", n_steps=300, n_streams=16, seed=11))
     inverted = ((1.0 - 2.0 * MNIST_MEAN) / MNIST_STD - st.x).astype(np.float32)
-    # each stream's classes with their own contrast (ClassContrast(3)'s law, seed 5): pixels p -> f_y p
-    gain = np.exp(np.random.default_rng(5).uniform(-np.log(3.0), np.log(3.0), size=(st.x.shape[1], 10)))  # [S, B]
-    f = gain[np.arange(st.x.shape[1])[None, :], st.y][..., None]  # [T, S, 1]
-    contrast = (((st.x * MNIST_STD + MNIST_MEAN) * f - MNIST_MEAN) / MNIST_STD).astype(np.float32)
+    # each stream's classes with their own contrast: the training augmentation, one draw per stream (seed 5)
+    spec, rng = ClassContrast(3.0, pivot=-MNIST_MEAN / MNIST_STD), np.random.default_rng(5)
+    contrast = np.stack([spec.draw(rng, 784, 10).apply_x(st.x[:, s], st.y[:, s]) for s in range(st.x.shape[1])], 1)
     return {"screen": (st.x, st.y), "inverted": (inverted, st.y), "contrast": (contrast, st.y)}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -216,7 +218,7 @@ def test_task_mix_class_contrast_changes_the_images_only() -> None:
     from vsml_train.methods.tasks import TaskMix, TaskOptions
 
     base = TaskOptions(datasets=("mnist",), synthetic=("tabular",), synthetic_classes=2, steps=5, block=2)
-    contrast = TaskOptions(**{**base.__dict__, "class_contrast": 3.0})
+    contrast = dataclasses.replace(base, class_contrast=3.0)
     plain_mix, contrast_mix = TaskMix(base, seed=0), TaskMix(contrast, seed=0)
     seen = set()
     for it in range(8):

@@ -82,7 +82,7 @@ class EpisodeTransform:
             if y is None:
                 raise ValueError("this transform changes each class's contrast: apply_x needs the labels")
             gain = self.label_gain[y][:, None]  # [E, 1]
-            x = (self.pivot + gain * (x - self.pivot)).astype(np.float32, copy=False)
+            x = self.pivot + gain * (x - self.pivot)
         for op in self.ops:
             x = op(x)
         return x.astype(np.float32, copy=False)
