@@ -49,6 +49,14 @@ def grid_names(config: VSMLConfig) -> list[str]:
     return ["Ab", *names[1:]] if config.n_bias_inputs else names
 
 
+# axes of the NCM mixture's state (vsml_train.model.state): classes B (the last size), features, Z its two experts
+NCM_LAYOUT = {
+    "ncm_sum": ("P", "E", "B", fmt.FEATURES_AXIS),
+    "ncm_count": ("P", "E", "B"),
+    "mix_logw": ("P", "E", "Z"),
+}
+
+
 def state_spec(config: VSMLConfig) -> fmt.StateSpec:
     """Names and axes of the state tensors (``vsml_train.model.state`` layout)."""
     sizes = grid_names(config)
@@ -60,6 +68,9 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
         if name in ("x_mean", "x_sq"):  # online_norm's moments, one per input feature (not the bias input)
             layout[name] = ("P", "E", fmt.FEATURES_AXIS)
             continue
+        if name in NCM_LAYOUT:  # the NCM mixture's class sums, counts and expert weights
+            layout[name] = NCM_LAYOUT[name]
+            continue
         kind, k = name.rsplit("_", 1)
         k_i = int(k)
         if kind in ("h", "c"):
@@ -67,6 +78,8 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
         else:  # bwd_k: message layer k receives, one per output of layer k
             layout[name] = ("P", "E", sizes[k_i + 1], "M")
     dims = {"N": config.state_size, "M": config.msg_size, "H": config.state_size // 2}
+    if config.ncm_temperature is not None:
+        dims["Z"] = 2  # the mixture's two experts
     dims.update({s: h for s, h in zip(sizes[1:-1], config.hidden, strict=True)})
     return fmt.StateSpec(
         names=tuple(state_names(config)), layout=layout, sizes=tuple(sizes), dims=dims, bias_inputs=config.n_bias_inputs

@@ -116,6 +116,7 @@ def reference_step(
 
     zero = torch.zeros(M, dtype=x.dtype)
     norm = None
+    x_raw = x.clone()
     if config.online_norm:  # feature by feature: the running moments over (q prior examples, every x so far)
         x_new, mean_new, sq_new = x.clone(), state.norm[0].clone(), state.norm[1].clone()
         q = config.online_norm_prior
@@ -182,4 +183,59 @@ def reference_step(
     if not config.backward_pass:
         bwd_t = tuple(torch.stack([torch.stack(new_bwd[k][p]) for p in range(P)]) for k in range(K))
     t = None if state.t is None else state.t + 1
-    return VSMLState(h=tuple(hs), c=tuple(cs), bwd=bwd_t, t=t, norm=norm), logits
+    ncm = None
+    if config.ncm_temperature is not None:
+        assert norm is not None and state.t is not None and state.ncm is not None
+        logits, ncm = reference_mixture(config, x_raw, y, logits, norm, state.t, state.ncm)
+    return VSMLState(h=tuple(hs), c=tuple(cs), bwd=bwd_t, t=t, norm=norm, ncm=ncm), logits
+
+
+def reference_mixture(
+    config: VSMLConfig,
+    x: Tensor,
+    y: Tensor,
+    net: Tensor,
+    norm: tuple[Tensor, Tensor],
+    t: Tensor,
+    ncm: tuple[Tensor, Tensor, Tensor],
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The NCM mixture (docs/model.md §3.5), one scalar at a time: x [P, E, A] raw, y one-hot, net the logits."""
+    P, E, A = x.shape
+    B = net.shape[-1]
+    tau, kappa, share = config.ncm_temperature, config.ncm_shrink, config.ncm_share
+    q = config.online_norm_prior
+    qc = q if config.online_norm_center_prior is None else config.online_norm_center_prior
+    sums, counts, logw = (v.clone() for v in ncm)
+    out = net.clone()
+    for p in range(P):
+        ll = [0.0, 0.0]
+        for e in range(E):
+            n = (float(t[p, e]) + 1) * E
+            mean, sq = norm[0][p, e], norm[1][p, e]
+            centre = [float(mean[a]) * (n + q) / (n + qc) for a in range(A)]
+            spread = sum(max(float(sq[a]) - q / (n + q) - float(mean[a]) ** 2, 0.0) for a in range(A)) / A
+            g = 1.0 / math.sqrt(spread + config.online_norm_eps)
+            d = []
+            for b in range(B):
+                nb = float(counts[p, e, b])
+                proto = [(float(sums[p, e, b, a]) - nb * centre[a]) * g / (nb + kappa) for a in range(A)]
+                d.append(sum(((float(x[p, e, a]) - centre[a]) * g - proto[a]) ** 2 for a in range(A)) / A)
+            lp_net = torch.log_softmax(net[p, e], 0)
+            lp_ncm = torch.log_softmax(-tau * torch.tensor(d, dtype=net.dtype), 0)
+            w = torch.softmax(logw[p, e], 0)
+            out[p, e] = torch.log(w[0] * torch.exp(lp_net) + w[1] * torch.exp(lp_ncm))
+            for b in range(B):
+                if float(y[p, e, b]) > 0:
+                    ll[0] += float(lp_net[b])
+                    ll[1] += float(lp_ncm[b])
+        labelled = float(y[p].sum()) > 0
+        for e in range(E):
+            w = torch.softmax(logw[p, e] + torch.tensor(ll, dtype=logw.dtype), 0)
+            if labelled:
+                w = (1 - share) * w + share / 2
+            logw[p, e] = torch.log(w)
+            for b in range(B):
+                counts[p, e, b] += float(y[p, :, b].sum())
+                for a in range(A):
+                    sums[p, e, b, a] += float((y[p, :, b] * x[p, :, a]).sum())
+    return out, (sums, counts, logw)

@@ -29,7 +29,8 @@ def test_config_roundtrip_and_unknown_keys() -> None:
      {"reduction": "max"}, {"batch_average": "some"}, {"clip": -1.0}, {"init_mode": "zeros"}, {"tanh_bound": 0},
      {"online_norm_eps": 0.0}, {"online_norm_prior": float("nan")}, {"error_scale": -1.0},
      {"online_norm_center_prior": -1.0}, {"error_decay_steps": 0.0}, {"error_decay_steps": float("inf")},
-     {"error_decay_power": -0.5}],
+     {"error_decay_power": -0.5}, {"ncm_temperature": 1.0}, {"online_norm": True, "ncm_temperature": 0.0},
+     {"ncm_shrink": 0.0}, {"ncm_share": 0.0}, {"ncm_share": 1.0}, {"ncm_share": float("nan")}],
 )  # fmt: skip
 def test_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError, match="invalid VSMLConfig"):

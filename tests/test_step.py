@@ -64,6 +64,17 @@ CONFIGS: dict[str, dict] = {
         "batch_average": "full",
         "hidden": (2,),
     },
+    # the NCM mixture on top of online_norm (docs/model.md §3.5)
+    "ncm_mixture": {
+        "online_norm": True,
+        "online_norm_prior": 3.0,
+        "online_norm_center_prior": 0.5,
+        "ncm_temperature": 2.0,
+        "ncm_shrink": 0.7,
+        "ncm_share": 0.2,
+        "bias_input": 1.0,
+        "backward_pass": True,
+    },
     "error_decay_only": {"error_decay_steps": 2.0, "error_decay_power": 1.0, "feed_label": False},
 }
 
@@ -97,6 +108,7 @@ def random_state(config: VSMLConfig, a: int, b: int, p: int, e: int, seed: int, 
         bwd=tuple(jitter(x, 0.5) for x in s.bwd),
         t=None if s.t is None else s.t + torch.arange(e, dtype=DT) * 3 + 5,
         norm=None if s.norm is None else (jitter(s.norm[0], 1.0), s.norm[1] + jitter(s.norm[0], 0.5).abs()),
+        ncm=s.ncm,
     )
 
 

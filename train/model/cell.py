@@ -279,16 +279,28 @@ def online_standardize(
         q_c = ``online_norm_center_prior`` (c' = mean' when it is None).
     """
     e = fan_in(x, 1)
-    q = config.online_norm_prior
     n = (t + 1) * e  # [P, E] examples seen, this step's included
-    w = (e / (n + q)).unsqueeze(-1)  # [P, E, 1]
+    w = (e / (n + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
     mean = x_mean + w * (x.mean(1, keepdim=True) - x_mean)
     sq = x_sq + w * ((x * x).mean(1, keepdim=True) - x_sq)
-    var = torch.clamp(sq - mean * mean, min=0.0)
-    centre = mean
-    if config.online_norm_center_prior is not None:
-        centre = mean * ((n + q) / (n + config.online_norm_center_prior)).unsqueeze(-1)
+    centre, var = centre_and_var(mean, sq, n, config)
     return (x - centre) * torch.rsqrt(var + config.online_norm_eps), mean, sq
+
+
+def centre_and_var(mean: Tensor, sq: Tensor, n: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+    """The centre c' and the variance of ``online_standardize`` from its moments.
+
+    Args:
+        mean, sq: [P, E, A] the running moments counting n examples (with the prior's q).
+        n: [P, E] the examples they count.
+    Returns:
+        (c' [P, E, A], var = max(sq - mean^2, 0) [P, E, A]).
+    """
+    var = torch.clamp(sq - mean * mean, min=0.0)
+    if config.online_norm_center_prior is None:
+        return mean, var
+    q = config.online_norm_prior
+    return mean * ((n + q) / (n + config.online_norm_center_prior)).unsqueeze(-1), var
 
 
 # ---------------------------------------------------------------------------

@@ -79,6 +79,14 @@ class VSMLConfig:
             A small q_c centres an offset feature from its first examples
             without the early variance blowing up (docs/model.md §3.4); None
             centres with q as well.
+        ncm_temperature: when set (tau), the step outputs the log of an online
+            mixture of the network's prediction with a nearest-class-mean
+            expert at temperature tau (``vsml_train.model.mixture``, docs/model.md
+            §3.5); needs ``online_norm``. None: the network's logits alone.
+        ncm_shrink: pseudo-examples that shrink each class mean toward the
+            centre (> 0; an unseen class sits at the centre).
+        ncm_share: the mixture's fixed share s in (0, 1): after each labelled
+            step the weights move a fraction s toward (1/2, 1/2).
         error_scale: multiplier of the error channel of the output's backward message.
         error_decay_steps: when set (tau), the error channel is further scaled by
             (1 + t / tau) ** -error_decay_power at step t: an annealed step size
@@ -113,6 +121,9 @@ class VSMLConfig:
     online_norm_eps: float = 0.01
     online_norm_prior: float = 1.0
     online_norm_center_prior: float | None = None
+    ncm_temperature: float | None = None
+    ncm_shrink: float = 1.0
+    ncm_share: float = 0.03
     error_scale: float = 1.0
     error_decay_steps: float | None = None
     error_decay_power: float = 0.5
@@ -149,6 +160,15 @@ class VSMLConfig:
         qc = self.online_norm_center_prior
         if qc is not None and not (math.isfinite(qc) and qc >= 0):
             errors.append(f"online_norm_center_prior must be a finite number >= 0 or None, got {qc}")
+        tau = self.ncm_temperature
+        if tau is not None and not (math.isfinite(tau) and tau > 0):
+            errors.append(f"ncm_temperature must be a finite number > 0 or None, got {tau}")
+        if tau is not None and not self.online_norm:
+            errors.append("ncm_temperature needs online_norm (the expert standardises with its moments)")
+        if not (math.isfinite(self.ncm_shrink) and self.ncm_shrink > 0):
+            errors.append(f"ncm_shrink must be a finite number > 0, got {self.ncm_shrink}")
+        if not (math.isfinite(self.ncm_share) and 0 < self.ncm_share < 1):
+            errors.append(f"ncm_share must lie in (0, 1), got {self.ncm_share}")
         if not (math.isfinite(self.error_scale) and self.error_scale > 0):
             errors.append(f"error_scale must be a finite number > 0, got {self.error_scale}")
         if self.error_decay_steps is not None and not (

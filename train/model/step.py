@@ -44,6 +44,8 @@ from .cell import (
     read_logits,
 )
 from .config import VSMLConfig
+from .mixture import mix, ncm_logits
+from .mixture import update as ncm_update
 from .params import Params
 from .state import VSMLState
 from .visit_fused import fused_schedule, visit_fused
@@ -82,7 +84,9 @@ def step(
         config: the model configuration.
         impl: a key of ``IMPLS`` (same numbers; see the module docstring).
     Returns:
-        (state at t+1, logits y_hat_t [P, E, B]).
+        (state at t+1, logits y_hat_t [P, E, B]); with ``ncm_temperature`` the
+        output is the NCM mixture's log-probabilities (docs/model.md §3.5),
+        while the error message is still built from y_hat_t.
     """
     visit, average = IMPLS[impl]
     last_visit = visit  # each layer's last visit of the step (impl "fused" clips in it)
@@ -92,6 +96,7 @@ def step(
     hs, cs = list(state.h), list(state.c)
     t = state.t
     norm = state.norm
+    x_raw = x
     if config.online_norm:
         assert t is not None and norm is not None, "online_norm needs the step count and the moments in the state"
         x, x_mean, x_sq = online_standardize(x, norm[0], norm[1], t, config)
@@ -117,7 +122,12 @@ def step(
         assert fwd_out is not None
         fwd_in = fwd_out
     logits = read_logits(fwd_in, config)
-    err = error_message(logits, y, config, t)
+    err = error_message(logits, y, config, t)  # the network learns from its own prediction
+    ncm = state.ncm
+    if ncm is not None:  # the output: the NCM mixture's log-probabilities (docs/model.md §3.5)
+        assert norm is not None and t is not None
+        logits, lp = mix(logits, ncm_logits(x_raw, norm[0], norm[1], t, ncm, config), ncm[2])
+        ncm = ncm_update(x_raw, y, lp, ncm, config)
     if config.backward_pass:
         # backward tick: layers K..1 on (x_t, e_t); errors reach every layer now
         bwd_in = err
@@ -131,5 +141,6 @@ def step(
         new_bwd[k_layers - 1] = err
     for k in range(k_layers):
         hs[k], cs[k] = average(hs[k], cs[k], config)
-    new_state = VSMLState(h=tuple(hs), c=tuple(cs), bwd=tuple(new_bwd), t=None if t is None else t + 1, norm=norm)
+    t_next = None if t is None else t + 1
+    new_state = VSMLState(h=tuple(hs), c=tuple(cs), bwd=tuple(new_bwd), t=t_next, norm=norm, ncm=ncm)
     return new_state, logits
