@@ -10,15 +10,16 @@ import onnx
 import pytest
 
 from tests.conftest import shared_dataset_dir
+from vsml_export.exporter import ExportOptions, export_model
 from vsml_runtime import Learner
 from vsml_runtime.learner import pretrained_path
 from vsml_train.demo import bundled_dataset, default_learner, run_demo
 from vsml_train.model.model_file import load_model
 
-# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 8, whose V_M is
+# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 9, whose V_M is
 # learner 7's), learner 6 and the V_M of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT,
 # config unchanged; learner 7 from learner 6 the same way, with a weaker online-norm prior; learner 8 is learner 7
-# with a centring prior of its own)
+# with a centring prior of its own; learner 9 is learner 8 with the NCM mixture)
 SHIPPED_SHA256 = "955b7aa2752c9279e36e6ab6681e7b34c5e0b4762531158a33b055a3eccb826f"
 LEARNER6_SHA256 = "4a2d454ef4eb96f856a0b166f5bfc1ee3680e7f11b4667f2971cb61791658ef2"
 LEARNER3_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"
@@ -36,11 +37,13 @@ LEARNERS = {
     "front-ends.pt": LEARNER3_SHA256,  # learner 5: learner 4 with online standardisation and an annealed error
     "tbptt.pt": LEARNER6_SHA256,  # learner 6: learner 5 + 20 iterations of truncated BPTT
     "tbptt-prior10.pt": SHIPPED_SHA256,  # learner 7: learner 6 + 40 iterations under online-norm prior 10
+    "centre-prior.pt": SHIPPED_SHA256,  # learner 8: learner 7 with a centring prior of its own
 }
 # what makes learner 4 out of learner 3, then learner 5 out of learner 4, V_M unchanged (vsml-model set)
 SIZE_FREE_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
 DEFAULT_CHANGES = {"online_norm": True, "online_norm_prior": 100, "output_gain": 40, "error_decay_steps": 300}
 CENTRE_CHANGES = {"online_norm_center_prior": 0.3}  # what makes learner 8 out of learner 7 (vsml-model set)
+NCM_CHANGES = {"ncm_temperature": 5}  # what makes learner 9 out of learner 8 (vsml-model set)
 FASHION_BOUND = 0.50
 NARROW_FIRST50_BOUND = 0.70
 
@@ -50,15 +53,20 @@ def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
     model = load_model(pt)
     assert model.params_hash() == SHIPPED_SHA256
     learners = Path(pt).parent / "learners"
-    learner3, learner4, learner5, learner6, learner7 = (
+    learner3, learner4, learner5, learner6, learner7, learner8 = (
         load_model(learners / f)
-        for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt", "tbptt.pt", "tbptt-prior10.pt")
+        for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt", "tbptt.pt", "tbptt-prior10.pt", "centre-prior.pt")
     )
+    # learner 9: learner 8 with the NCM mixture (model card, "Learner 9"), by config alone
+    centre, ncm = model.meta["derivations"]
+    assert ncm["parent"] == "centre-prior.pt" and ncm["changes"] == NCM_CHANGES
+    assert ncm["parent_params_sha256"] == SHIPPED_SHA256 == learner8.params_hash()
+    assert model.config == learner8.config.replace(**NCM_CHANGES)
     # learner 8: learner 7's V_M with a centring prior of its own (model card, "Learner 8"), by config alone
-    (centre,) = model.meta["derivations"]
+    assert learner8.meta["derivations"] == [centre]
     assert centre["parent"] == "tbptt-prior10.pt" and centre["changes"] == CENTRE_CHANGES
     assert centre["parent_params_sha256"] == SHIPPED_SHA256 == learner7.params_hash()
-    assert model.config == learner7.config.replace(**CENTRE_CHANGES)
+    assert learner8.config == learner7.config.replace(**CENTRE_CHANGES)
     # learner 7: truncated BPTT from learner 6 (model card, "Learner 7") under an online-norm prior of 10
     assert learner7.meta["method"] == "bptt" and learner7.meta["iterations"] == 40
     assert learner7.meta["spec"]["init_sha256"] == LEARNER6_SHA256
@@ -178,3 +186,21 @@ def test_vsml_eval_cli_rejects_missing_model(tmp_path) -> None:
 
     with pytest.raises(SystemExit, match="does not exist"):
         main([str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+
+
+def test_shipped_learner_learns_the_first_fashion_examples_faster_than_learner_8(tmp_path) -> None:
+    """Learner 9's NCM mixture: the first 100 of the bundled Fashion-MNIST slice, 4 streams, through ONNX Runtime.
+
+    Seen at shipping (seeds 0-3): learner 9 0.46-0.57 (mean 0.530), learner 8 0.44-0.50 (mean 0.483).
+    """
+    learner8 = Path(pretrained_path()).parent / "learners" / "centre-prior.pt"
+    onnx8 = export_model(learner8, tmp_path / "l8.onnx", ExportOptions(verify=False)).step_path
+    images, labels = bundled_dataset("fashion-mnist")
+    x = ((images.reshape(len(images), -1) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
+    first: dict[str, list[float]] = {"9": [], "8": []}
+    for seed in range(4):
+        order = np.random.default_rng(seed).permutation(len(labels))[:100]
+        for name, learner in (("9", Learner.pretrained(784, 10, seed=seed)), ("8", Learner(onnx8, 784, 10, seed=seed))):
+            first[name].append(float((learner.learn_stream(x[order], labels[order]) == labels[order]).mean()))
+    assert np.mean(first["9"]) >= 0.50, first
+    assert np.mean(first["9"]) > np.mean(first["8"]) + 0.02, first
