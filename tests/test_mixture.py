@@ -82,7 +82,7 @@ def _expert(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int) -> tor
         _, mean, sq = online_standardize(x[t], mean, sq, tt, config)
         logits = mixture.ncm_logits(x[t], mean, sq, tt, ncm, config)
         _, lp = mixture.mix(torch.zeros_like(logits), logits, ncm[2])
-        ncm = mixture.update(x[t], labels_to_onehot(y[t], b, DT), lp, ncm, config)
+        ncm = mixture.ncm_update(x[t], labels_to_onehot(y[t], b, DT), lp, ncm, config)
         out.append(logits)
     return torch.stack(out)
 

@@ -79,7 +79,7 @@ def mix(net_logits: Tensor, expert_logits: Tensor, logw: Tensor) -> tuple[Tensor
     return top + torch.log(torch.exp(a - top) + torch.exp(b - top)), (lp_net, lp_ncm)
 
 
-def update(x: Tensor, y: Tensor, lp: tuple[Tensor, Tensor], ncm: NCMState, config: VSMLConfig) -> NCMState:
+def ncm_update(x: Tensor, y: Tensor, lp: tuple[Tensor, Tensor], ncm: NCMState, config: VSMLConfig) -> NCMState:
     """The NCM state after the step's labels y [P, E, B] (all-zero rows: no label).
 
     x: [P, E, A] raw features; lp: the experts' log-probabilities [P, E, B] from ``mix``.

@@ -44,8 +44,7 @@ from .cell import (
     read_logits,
 )
 from .config import VSMLConfig
-from .mixture import mix, ncm_logits
-from .mixture import update as ncm_update
+from .mixture import mix, ncm_logits, ncm_update
 from .params import Params
 from .state import VSMLState
 from .visit_fused import fused_schedule, visit_fused
