@@ -119,15 +119,20 @@ def test_runtime_learner_keeps_the_moments_and_resumes_exactly(norm_onnx: Path, 
     assert np.array_equal(learner.learn_stream(x[25:], y[25:]), restored.learn_stream(x[25:], y[25:]))
 
 
-def test_runtime_pool_equals_single_learners(norm_onnx: Path) -> None:
+def assert_pool_equals_single_learners(model: Path) -> None:
+    """A pool of 3 learners (one row each, seeds 20-22) predicts as 3 single learners over 15 steps."""
     a, b, p = 6, 3, 3
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((15, p, a)) * 4, rng.integers(0, b, (15, p))
-    singles = [Learner(norm_onnx, a, b, seed=20 + i) for i in range(p)]
-    pool = LearnerPool(norm_onnx, p, a, b, seed=20, chunk=1)
+    singles = [Learner(model, a, b, seed=20 + i) for i in range(p)]
+    pool = LearnerPool(model, p, a, b, seed=20, chunk=1)
     for t in range(15):
         got = pool.learn(x[t], y[t])
         assert np.array_equal(got, [singles[i].learn(x[t, i], int(y[t, i])) for i in range(p)])
+
+
+def test_runtime_pool_equals_single_learners(norm_onnx: Path) -> None:
+    assert_pool_equals_single_learners(norm_onnx)
 
 
 def test_predicting_many_rows_equals_predicting_each_alone(norm_onnx: Path) -> None:

@@ -4,7 +4,8 @@ The per-cell oracle (tests/test_step.py, config "ncm_mixture") and the
 exported-graph parity (tests/test_export_parity.py) cover the step math; here:
 what the mixture promises (the network learns as without it, the output is a
 distribution, the weights stay bounded, the expert ignores the features' scale,
-it is nearest-class-mean) and the runtime with its three state tensors.
+it is nearest-class-mean) and the runtime with its three state tensors
+(its pools through tests/test_front_ends.py's check).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.test_front_ends import assert_pool_equals_single_learners
 from tests.test_runtime_learner import export_tmp
-from vsml_runtime import Learner, LearnerPool
+from vsml_runtime import Learner
 from vsml_train.model import mixture
 from vsml_train.model.cell import online_standardize
 from vsml_train.model.config import VSMLConfig
@@ -158,14 +160,15 @@ def ncm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tmp(tmp_path_factory.mktemp("ncm"), CONFIG)
 
 
-def test_runtime_learner_matches_torch_and_resumes_exactly(ncm_onnx: Path, tmp_path: Path) -> None:
+def test_runtime_learner_keeps_the_class_counts_and_resumes_exactly(ncm_onnx: Path, tmp_path: Path) -> None:
     a, b = 6, 3
     rng = np.random.default_rng(0)
     x, y = (rng.standard_normal((40, a)) * 5 + 2).astype(np.float32), rng.integers(0, b, 40)
     learner = Learner(ncm_onnx, a, b, seed=1)
     assert learner.state_dict()["state.ncm_sum"].shape == (1, 1, b, a)
-    preds = [learner.learn(x[t], int(y[t]), return_proba=True) for t in range(25)]
-    np.testing.assert_allclose(sum(p for _, p in preds[-1:]).sum(), 1.0, rtol=1e-6)
+    for t in range(25):
+        _, proba = learner.learn(x[t], int(y[t]), return_proba=True)
+        np.testing.assert_allclose(proba.sum(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(learner.state_dict()["state.ncm_count"][0, 0], np.bincount(y[:25], minlength=b))
     learner.save(tmp_path / "s.npz")
     restored = Learner.load(tmp_path / "s.npz")
@@ -173,11 +176,4 @@ def test_runtime_learner_matches_torch_and_resumes_exactly(ncm_onnx: Path, tmp_p
 
 
 def test_runtime_pool_equals_single_learners(ncm_onnx: Path) -> None:
-    a, b, p = 6, 3, 3
-    rng = np.random.default_rng(1)
-    x, y = rng.standard_normal((15, p, a)) * 4, rng.integers(0, b, (15, p))
-    singles = [Learner(ncm_onnx, a, b, seed=20 + i) for i in range(p)]
-    pool = LearnerPool(ncm_onnx, p, a, b, seed=20, chunk=1)
-    for t in range(15):
-        got = pool.learn(x[t], y[t])
-        assert np.array_equal(got, [singles[i].learn(x[t, i], int(y[t, i])) for i in range(p)])
+    assert_pool_equals_single_learners(ncm_onnx)
