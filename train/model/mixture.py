@@ -12,9 +12,10 @@ where yhat_t are the network's logits (what its own error message is built
 from: the network learns exactly as without the mixture) and d_t(b) the mean
 squared distance, over the A features, between x_t and the running mean of
 class b, both standardised with the online standardisation's centre and one
-global scale (the square root of the mean variance over features), the class
-mean shrunk toward the centre by ``ncm_shrink`` pseudo-examples (an unseen
-class sits at the centre). The weight w_t is the Bayesian posterior of "the
+scale for all features (the root of the features' mean variance over the
+examples alone, without the prior's unit variance), the class mean shrunk
+toward the centre by ``ncm_shrink`` pseudo-examples (an unseen class sits at
+the centre). The weight w_t is the Bayesian posterior of "the
 network is the better predictor" under fixed share (Herbster & Warmuth 1998):
 after each labelled step, w <- w p_net(y) / (w p_net(y) + (1 - w) p_ncm(y)),
 then w <- (1 - s) w + s / 2 with s = ``ncm_share``, which keeps either expert
