@@ -49,11 +49,12 @@ def grid_names(config: VSMLConfig) -> list[str]:
     return ["Ab", *names[1:]] if config.n_bias_inputs else names
 
 
-# axes of the NCM mixture's state (vsml_train.model.state): classes B (the last size), features, Z its two experts
+# axes of the output mixture's state (vsml_train.model.state): classes B (the last size), features, Z its experts
 NCM_LAYOUT = {
     "ncm_sum": ("P", "E", "B", fmt.FEATURES_AXIS),
     "ncm_count": ("P", "E", "B"),
     "mix_logw": ("P", "E", "Z"),
+    "ncm_within": ("P", "E", fmt.FEATURES_AXIS),
 }
 
 
@@ -79,7 +80,7 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
             layout[name] = ("P", "E", sizes[k_i + 1], "M")
     dims = {"N": config.state_size, "M": config.msg_size, "H": config.state_size // 2}
     if config.ncm_temperature is not None:
-        dims["Z"] = 2  # the mixture's two experts
+        dims["Z"] = config.n_experts  # the mixture's experts, the network's first
     dims.update({s: h for s, h in zip(sizes[1:-1], config.hidden, strict=True)})
     return fmt.StateSpec(
         names=tuple(state_names(config)), layout=layout, sizes=tuple(sizes), dims=dims, bias_inputs=config.n_bias_inputs

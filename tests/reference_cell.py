@@ -197,45 +197,86 @@ def reference_mixture(
     net: Tensor,
     norm: tuple[Tensor, Tensor],
     t: Tensor,
-    ncm: tuple[Tensor, Tensor, Tensor],
-) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """The NCM mixture (docs/model.md §3.5), one scalar at a time: x [P, E, A] raw, y one-hot, net the logits."""
+    ncm: tuple[Tensor, ...],
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The output mixture (docs/model.md §3.5), one scalar at a time: x [P, E, A] raw, y one-hot, net the logits.
+
+    The GNB expert's within-class sum of squares is recomputed here the plain way, from each
+    class's examples' deviations, by keeping the step's examples and the class means apart.
+    """
     P, E, A = x.shape
     B = net.shape[-1]
     tau, kappa, share = config.ncm_temperature, config.ncm_shrink, config.ncm_share
+    gnb = config.gnb_temperature is not None
     q = config.online_norm_prior
     qc = q if config.online_norm_center_prior is None else config.online_norm_center_prior
-    sums, counts, logw = (v.clone() for v in ncm)
+    sums, counts, logw = (v.clone() for v in ncm[:3])
+    within = ncm[3].clone() if gnb else None
+    z = 3 if gnb else 2
     out = net.clone()
     for p in range(P):
-        ll = [0.0, 0.0]
+        ll = [0.0] * z
         for e in range(E):
             n = (float(t[p, e]) + 1) * E
             mean, sq = norm[0][p, e], norm[1][p, e]
             centre = [float(mean[a]) * (n + q) / (n + qc) for a in range(A)]
             spread = sum(max(float(sq[a]) - q / (n + q) - float(mean[a]) ** 2, 0.0) for a in range(A)) / A
             g = 1.0 / math.sqrt(spread + config.online_norm_eps)
-            d = []
+            d, d_gnb, prior = [], [], []
+            seen = sum(float(counts[p, e, b]) for b in range(B))
             for b in range(B):
                 nb = float(counts[p, e, b])
-                proto = [(float(sums[p, e, b, a]) - nb * centre[a]) * g / (nb + kappa) for a in range(A)]
-                d.append(sum(((float(x[p, e, a]) - centre[a]) * g - proto[a]) ** 2 for a in range(A)) / A)
-            lp_net = torch.log_softmax(net[p, e], 0)
-            lp_ncm = torch.log_softmax(-tau * torch.tensor(d, dtype=net.dtype), 0)
+                proto = [(float(sums[p, e, b, a]) - nb * centre[a]) / (nb + kappa) for a in range(A)]
+                d.append(sum(((float(x[p, e, a]) - centre[a]) * g - proto[a] * g) ** 2 for a in range(A)) / A)
+                if gnb:
+                    var = [
+                        (float(within[p, e, a]) + config.gnb_var_prior * spread) / (seen + config.gnb_var_prior)
+                        + config.online_norm_eps
+                        for a in range(A)
+                    ]
+                    d_gnb.append(sum((float(x[p, e, a]) - centre[a] - proto[a]) ** 2 / var[a] for a in range(A)) / A)
+                    alpha = config.gnb_class_prior
+                    prior.append(math.log((nb + alpha) / (seen + B * alpha)))
+            lps = [torch.log_softmax(net[p, e], 0), torch.log_softmax(-tau * torch.tensor(d, dtype=net.dtype), 0)]
+            if gnb:
+                g_logits = [-config.gnb_temperature * d_gnb[b] + prior[b] for b in range(B)]
+                lps.append(torch.log_softmax(torch.tensor(g_logits, dtype=net.dtype), 0))
             w = torch.softmax(logw[p, e], 0)
-            out[p, e] = torch.log(w[0] * torch.exp(lp_net) + w[1] * torch.exp(lp_ncm))
+            out[p, e] = torch.log(sum(w[k] * torch.exp(lps[k]) for k in range(z)))
             for b in range(B):
                 if float(y[p, e, b]) > 0:
-                    ll[0] += float(lp_net[b])
-                    ll[1] += float(lp_ncm[b])
+                    for k in range(z):
+                        ll[k] += float(lps[k][b])
         labelled = float(y[p].sum()) > 0
+        s_t = share
+        if config.ncm_share_decay is not None:
+            s_t = share / (1 + float(t[p, 0]) / config.ncm_share_decay)
+        if gnb:  # the pooled within-class sum of squares, by the definition: over each class's old and new examples
+            assert within is not None
+            for b in range(B):
+                new = [e for e in range(E) if float(y[p, e, b]) > 0]
+                nb = float(counts[p, 0, b])
+                if not new:
+                    continue
+                for a in range(A):
+                    old_mean = float(sums[p, 0, b, a]) / nb if nb > 0 else 0.0
+                    vals = [float(x[p, e, a]) for e in new]
+                    all_mean = (old_mean * nb + sum(vals)) / (nb + len(vals))
+                    # sum of squares around the merged mean, minus the old part around the old mean:
+                    # nb (old_mean - all_mean)^2 + sum over new (v - all_mean)^2
+                    extra = nb * (old_mean - all_mean) ** 2 + sum((v - all_mean) ** 2 for v in vals)
+                    for e in range(E):
+                        within[p, e, a] += extra
         for e in range(E):
             w = torch.softmax(logw[p, e] + torch.tensor(ll, dtype=logw.dtype), 0)
             if labelled:
-                w = (1 - share) * w + share / 2
+                w = (1 - s_t) * w + s_t / z
             logw[p, e] = torch.log(w)
             for b in range(B):
                 counts[p, e, b] += float(y[p, :, b].sum())
                 for a in range(A):
                     sums[p, e, b, a] += float((y[p, :, b] * x[p, :, a]).sum())
+    if gnb:
+        assert within is not None
+        return out, (sums, counts, logw, within)
     return out, (sums, counts, logw)

@@ -72,6 +72,14 @@ CONFIGS = {
     "norm-deep": {"online_norm": True, "hidden": (3,), "online_norm_eps": 0.5},
     "norm-centre-prior": {"online_norm": True, "online_norm_prior": 10.0, "online_norm_center_prior": 1.0},
     "ncm-mixture": {"online_norm": True, "online_norm_center_prior": 0.3, "ncm_temperature": 5.0, "bias_input": 3.0},
+    "gnb-mixture": {
+        "online_norm": True,
+        "online_norm_center_prior": 0.3,
+        "ncm_temperature": 5.0,
+        "gnb_temperature": 2.0,
+        "ncm_share_decay": 30.0,
+        "bias_input": 3.0,
+    },
 }
 
 

@@ -1,10 +1,12 @@
-"""The NCM mixture of docs/model.md §3.5 (``vsml_train.model.mixture``).
+"""The output mixture of docs/model.md §3.5 (``vsml_train.model.mixture``).
 
-The per-cell oracle (tests/test_step.py, config "ncm_mixture") and the
-exported-graph parity (tests/test_export_parity.py) cover the step math; here:
-what the mixture promises (the network learns as without it, the output is a
-distribution, the weights stay bounded, the expert ignores the features' scale,
-it is nearest-class-mean) and the runtime with its three state tensors
+The per-cell oracle (tests/test_step.py, configs "ncm_mixture" and
+"gnb_mixture") and the exported-graph parity (tests/test_export_parity.py)
+cover the step math; here: what the mixture promises (the network learns as
+without it, the output is a distribution, the weights stay bounded, the NCM
+expert ignores the features' scale and is nearest-class-mean, the GNB expert's
+pooled within-class sums of squares are what they say and it weighs features
+by how well they separate the classes) and the runtime with its state tensors
 (its pools through tests/test_front_ends.py's check).
 """
 
@@ -73,19 +75,19 @@ def test_state_layout_and_initial_values() -> None:
     torch.testing.assert_close(logw, torch.full((2, 3, 2), math.log(0.5)))
 
 
-def _expert(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int) -> torch.Tensor:
-    """[T, P, E, B] the expert's logits along a stream, updated with each step's labels."""
+def _expert(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int, which: int = 0) -> torch.Tensor:
+    """[T, P, E, B] one expert's logits along a stream (0: NCM, 1: GNB), updated with each step's labels."""
     p, e, a = x.shape[1:]
     mean, sq = torch.zeros(p, e, a, dtype=DT), torch.ones(p, e, a, dtype=DT)
-    ncm = mixture.initial_ncm(mean, torch.zeros(p, e, b, dtype=DT))
+    ncm = mixture.initial_ncm(mean, torch.zeros(p, e, b, dtype=DT), config)
     out = []
     for t in range(x.shape[0]):
         tt = torch.full((p, e), float(t), dtype=DT)
         _, mean, sq = online_standardize(x[t], mean, sq, tt, config)
-        logits = mixture.ncm_logits(x[t], mean, sq, tt, ncm, config)
-        _, lp = mixture.mix(torch.zeros_like(logits), logits, ncm[2])
-        ncm = mixture.ncm_update(x[t], labels_to_onehot(y[t], b, DT), lp, ncm, config)
-        out.append(logits)
+        experts = mixture.expert_logits(x[t], mean, sq, tt, ncm, config)
+        _, lp = mixture.mix(torch.zeros_like(experts[0]), experts, ncm[2])
+        ncm = mixture.ncm_update(x[t], labels_to_onehot(y[t], b, DT), lp, ncm, tt, config)
+        out.append(experts[which])
     return torch.stack(out)
 
 
@@ -155,6 +157,99 @@ def test_config_needs_online_norm() -> None:
         VSMLConfig(ncm_temperature=1.0)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ncm_temperature": None, "gnb_temperature": 2.0}, "gnb_temperature needs ncm_temperature"),
+        ({"gnb_temperature": -1.0}, "gnb_temperature must be"),
+        ({"gnb_class_prior": 0.0}, "gnb_class_prior must be"),
+        ({"gnb_var_prior": float("nan")}, "gnb_var_prior must be"),
+        ({"ncm_share_decay": float("inf")}, "ncm_share_decay must be"),
+    ],
+)
+def test_config_rejects_a_bad_third_expert(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CONFIG.replace(**changes)
+
+
+GNB = CONFIG.replace(gnb_temperature=2.0, ncm_share_decay=30.0)
+
+
+def test_gnb_state_layout_and_initial_values() -> None:
+    assert state_names(GNB)[-4:] == ["ncm_sum", "ncm_count", "mix_logw", "ncm_within"]
+    assert GNB.n_experts == 3 and CONFIG.n_experts == 2 and CONFIG.replace(ncm_temperature=None).n_experts == 0
+    s = init_state(GNB, 6, 4, 2, 3, generator=torch.Generator().manual_seed(0), params=init_params(GNB, 0))
+    assert s.ncm is not None and len(s.ncm) == 4
+    torch.testing.assert_close(s.ncm[2], torch.full((2, 3, 3), math.log(1 / 3)))
+    assert s.ncm[3].shape == (2, 3, 6) and float(s.ncm[3].abs().max()) == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    e=st.integers(1, 4),
+    offset=st.sampled_from([0.0, 1e3]),
+    unlabelled=st.floats(0.0, 0.5),
+)
+def test_within_class_sum_of_squares_is_its_definition(seed: int, e: int, offset: float, unlabelled: float) -> None:
+    """ncm_within = sum over labelled examples of (x - its class's mean)^2, per feature, whatever the
+    batch size, the unlabelled rows and a large common offset (merged per class, no large sums cancel)."""
+    params = init_params(GNB, 0, dtype=DT)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(9, 1, e, 3, generator=gen, dtype=DT) + offset
+    y = torch.randint(0, 3, (9, 1, e), generator=gen)
+    y[torch.rand(y.shape, generator=gen) < unlabelled] = -1
+    out = run_episode(params, GNB, x, y, 3, seed=0)
+    assert out.state.ncm is not None
+    xs, ys = x.reshape(-1, 3).numpy(), y.reshape(-1).numpy()
+    want = sum(((xs[ys == c] - xs[ys == c].mean(0)) ** 2).sum(0) for c in range(3) if (ys == c).any())
+    for k in range(e):
+        np.testing.assert_allclose(out.state.ncm[3][0, k].numpy(), np.zeros(3) + want, rtol=1e-9, atol=1e-7)
+
+
+def test_gnb_weighs_features_by_how_well_they_separate_the_classes() -> None:
+    """Feature 0 separates two classes with little spread inside each; feature 1 has class means that
+    point the other way but spreads ten times wider: nearest-class-mean follows feature 1, GNB feature 0."""
+    gen = torch.Generator().manual_seed(0)
+    n = 60
+    y = torch.arange(n) % 2
+    x = torch.stack([y * 2.0 - 1 + 0.2 * torch.randn(n, generator=gen, dtype=DT),
+                     (1 - 2.0 * y) * 1.5 + 4.0 * torch.randn(n, generator=gen, dtype=DT)], -1)  # fmt: skip
+    probe = torch.tensor([[1.0, 3.0], [-1.0, -3.0]], dtype=DT)  # feature 0 says class 1 / 0, feature 1 the reverse
+    xs = torch.cat([x, probe]).reshape(-1, 1, 1, 2)
+    ys = torch.cat([y, torch.tensor([-1, -1])]).reshape(-1, 1, 1)
+    ncm, gnb = _expert(GNB, xs, ys, 2, 0), _expert(GNB, xs, ys, 2, 1)
+    assert ncm[n:, 0, 0].argmax(-1).tolist() == [0, 1]
+    assert gnb[n:, 0, 0].argmax(-1).tolist() == [1, 0]
+
+
+def test_gnb_class_prior_follows_the_class_frequencies() -> None:
+    """With uninformative features the GNB expert predicts the frequent class, NCM does not care."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 1, 1, 3, generator=gen, dtype=DT)
+    y = (torch.rand(40, 1, 1, generator=gen) < 0.1).long()  # about 90% class 0
+    gnb = _expert(GNB, x, y, 2, 1)
+    assert float((gnb[10:, 0, 0].argmax(-1) == 0).float().mean()) > 0.9
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), big=st.floats(1.0, 1e4), share=st.floats(1e-3, 0.5))
+def test_three_experts_stay_inside_the_decaying_share_bounds(seed: int, big: float, share: float) -> None:
+    """Every weight stays >= s_t / Z after a labelled step, s_t = s / (1 + t / tau_s) with t the step's index."""
+    config = GNB.replace(ncm_share=share, ncm_share_decay=3.0)
+    params = init_params(config, 0)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(12, 2, 2, 4, generator=gen) * big
+    x[:, :, :, 0] = 7.0  # a constant feature
+    y = torch.randint(0, 3, (12, 2, 2), generator=gen)
+    out = run_episode(params, config, x, y, 3, seed=0)
+    assert torch.isfinite(out.logits).all() and out.state.ncm is not None
+    w = out.state.ncm[2].exp()
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2))
+    lo = share / (1 + 11 / 3.0) / 3 * (1 - 1e-3)
+    assert float(w.min()) >= lo
+
+
 @pytest.fixture(scope="module")
 def ncm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tmp(tmp_path_factory.mktemp("ncm"), CONFIG)
@@ -177,3 +272,25 @@ def test_runtime_learner_keeps_the_class_counts_and_resumes_exactly(ncm_onnx: Pa
 
 def test_runtime_pool_equals_single_learners(ncm_onnx: Path) -> None:
     assert_pool_equals_single_learners(ncm_onnx)
+
+
+@pytest.fixture(scope="module")
+def gnb_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tmp(tmp_path_factory.mktemp("gnb"), GNB)
+
+
+def test_runtime_gnb_learner_resumes_exactly_and_pools(gnb_onnx: Path, tmp_path: Path) -> None:
+    a, b = 5, 4
+    rng = np.random.default_rng(2)
+    x, y = (rng.standard_normal((30, a)) * 3 - 1).astype(np.float32), rng.integers(0, b, 30)
+    learner = Learner(gnb_onnx, a, b, seed=1)
+    assert learner.state_dict()["state.ncm_within"].shape == (1, 1, a)
+    assert learner.state_dict()["state.mix_logw"].shape == (1, 1, 3)
+    learner.learn_stream(x[:18], y[:18])
+    xs, ys = x[:18].astype(np.float64), y[:18]
+    want = sum(((xs[ys == c] - xs[ys == c].mean(0)) ** 2).sum(0) for c in range(b) if (ys == c).any())
+    np.testing.assert_allclose(learner.state_dict()["state.ncm_within"][0, 0], want, rtol=1e-4)
+    learner.save(tmp_path / "s.npz")
+    restored = Learner.load(tmp_path / "s.npz")
+    assert np.array_equal(learner.learn_stream(x[18:], y[18:]), restored.learn_stream(x[18:], y[18:]))
+    assert_pool_equals_single_learners(gnb_onnx)

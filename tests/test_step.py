@@ -75,6 +75,22 @@ CONFIGS: dict[str, dict] = {
         "bias_input": 1.0,
         "backward_pass": True,
     },
+    # the three-expert mixture: GNB with pooled variances and a class prior, a decaying share
+    "gnb_mixture": {
+        "online_norm": True,
+        "online_norm_prior": 3.0,
+        "online_norm_center_prior": 0.5,
+        "ncm_temperature": 2.0,
+        "ncm_shrink": 0.7,
+        "ncm_share": 0.2,
+        "ncm_share_decay": 1.5,
+        "gnb_temperature": 1.5,
+        "gnb_class_prior": 0.6,
+        "gnb_var_prior": 2.0,
+        "bias_input": 1.0,
+        "backward_pass": True,
+        "batch_average": "full",
+    },
     "error_decay_only": {"error_decay_steps": 2.0, "error_decay_power": 1.0, "feed_label": False},
 }
 

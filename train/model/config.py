@@ -86,7 +86,17 @@ class VSMLConfig:
         ncm_shrink: pseudo-examples that shrink each class mean toward the
             centre (> 0; an unseen class sits at the centre).
         ncm_share: the mixture's fixed share s in (0, 1): after each labelled
-            step the weights move a fraction s toward (1/2, 1/2).
+            step the weights move a fraction s toward uniform (1/Z each).
+        ncm_share_decay: when set (tau_s), the share after step t is
+            s / (1 + t / tau_s): the weights may settle on the better expert
+            as the stream goes on. None: the share stays s.
+        gnb_temperature: when set (tau_g), a third expert joins the mixture:
+            Gaussian naive Bayes with one within-class variance per feature
+            pooled over the classes (diagonal LDA) and a class prior, at
+            temperature tau_g (docs/model.md §3.5); needs ``ncm_temperature``.
+        gnb_class_prior: its Dirichlet pseudo-examples per class (alpha > 0).
+        gnb_var_prior: pseudo-examples (nu > 0) that shrink each feature's
+            within-class variance toward the features' common spread.
         error_scale: multiplier of the error channel of the output's backward message.
         error_decay_steps: when set (tau), the error channel is further scaled by
             (1 + t / tau) ** -error_decay_power at step t: an annealed step size
@@ -124,6 +134,10 @@ class VSMLConfig:
     ncm_temperature: float | None = None
     ncm_shrink: float = 1.0
     ncm_share: float = 0.03
+    ncm_share_decay: float | None = None
+    gnb_temperature: float | None = None
+    gnb_class_prior: float = 3.0
+    gnb_var_prior: float = 10.0
     error_scale: float = 1.0
     error_decay_steps: float | None = None
     error_decay_power: float = 0.5
@@ -169,6 +183,15 @@ class VSMLConfig:
             errors.append(f"ncm_shrink must be a finite number > 0, got {self.ncm_shrink}")
         if not (math.isfinite(self.ncm_share) and 0 < self.ncm_share < 1):
             errors.append(f"ncm_share must lie in (0, 1), got {self.ncm_share}")
+        for name in ("ncm_share_decay", "gnb_temperature"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                errors.append(f"{name} must be a finite number > 0 or None, got {v}")
+        if self.gnb_temperature is not None and tau is None:
+            errors.append("gnb_temperature needs ncm_temperature (the third expert of the NCM mixture)")
+        for name in ("gnb_class_prior", "gnb_var_prior"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                errors.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.error_scale) and self.error_scale > 0):
             errors.append(f"error_scale must be a finite number > 0, got {self.error_scale}")
         if self.error_decay_steps is not None and not (
@@ -184,6 +207,13 @@ class VSMLConfig:
     def n_layers(self) -> int:
         """K, the number of VSML layers (hidden layers + the output layer)."""
         return len(self.hidden) + 1
+
+    @property
+    def n_experts(self) -> int:
+        """Z, the experts of the output mixture (docs/model.md §3.5): 0 without it, else 2 or 3."""
+        if self.ncm_temperature is None:
+            return 0
+        return 3 if self.gnb_temperature is not None else 2
 
     @property
     def counts_steps(self) -> bool:

@@ -1,36 +1,52 @@
-"""The NCM mixture: the network's prediction mixed online with a nearest-class-mean expert (docs/model.md §3.5).
+"""The output mixture: the network's prediction mixed online with class-mean experts (docs/model.md §3.5).
 
 Dimension letters as in ``step``: P learners, E examples per step of one
-learner, A input features, B classes, Z = 2 experts.
+learner, A input features, B classes, Z experts (2, or 3 with the GNB expert).
 
 With ``config.ncm_temperature`` = tau set, the step's output is no longer the
-network's logits alone but the log of a two-expert mixture,
+network's logits alone but the log of a mixture of Z experts,
 
-    p_t(b) = w_t * softmax(yhat_t)_b + (1 - w_t) * softmax(-tau * d_t)_b,
+    p_t(b) = sum_k w_t[k] * softmax(logits_k)_b,
 
-where yhat_t are the network's logits (what its own error message is built
-from: the network learns exactly as without the mixture) and d_t(b) the mean
-squared distance, over the A features, between x_t and the running mean of
-class b, both standardised with the online standardisation's centre and one
-scale for all features (the root of the features' mean variance over the
-examples alone, without the prior's unit variance), the class mean shrunk
-toward the centre by ``ncm_shrink`` pseudo-examples (an unseen class sits at
-the centre). The weight w_t is the Bayesian posterior of "the
-network is the better predictor" under fixed share (Herbster & Warmuth 1998):
-after each labelled step, w <- w p_net(y) / (w p_net(y) + (1 - w) p_ncm(y)),
-then w <- (1 - s) w + s / 2 with s = ``ncm_share``, which keeps either expert
-recoverable. It starts at 1/2. Nearest-class-mean is the few-shot learner the
-network trails on its first examples (model card, "Learner 9"); the
-mixture follows whichever of the two predicts the stream better so far.
+where expert 0 is the network (yhat_t, what its own error message is built
+from: the network learns exactly as without the mixture) and expert 1 is
+nearest-class-mean: -tau * d_t(b), d_t(b) the mean squared distance, over
+the A features, between x_t and the running mean of class b, both
+standardised with the online standardisation's centre and one scale for all
+features (the root of the features' mean variance over the examples alone,
+without the prior's unit variance), the class mean shrunk toward the centre
+by ``ncm_shrink`` pseudo-examples (an unseen class sits at the centre).
+
+With ``config.gnb_temperature`` = tau_g set, expert 2 is Gaussian naive
+Bayes with one within-class variance per feature pooled over the classes
+(diagonal linear discriminant analysis): -tau_g * mean_a (x_t - m_b)_a^2 / v_a
++ log((n_b + alpha) / (n + B alpha)), the same shrunk class means m_b, v_a
+the pooled within-class variance shrunk toward the features' common spread
+by ``gnb_var_prior`` pseudo-examples, alpha = ``gnb_class_prior``. Where
+nearest-class-mean ignores which features separate the classes and how
+often each class occurs, this expert weighs both: it is the stronger one on
+tables with informative features of unequal spread or skewed classes.
+
+The weights w_t are the Bayesian posterior of "expert k is the best
+predictor" under fixed share (Herbster & Warmuth 1998): after each labelled
+step, w <- w * p_k(y) / sum_j w_j p_j(y), then w <- (1 - s_t) w + s_t / Z,
+which keeps every expert recoverable; s_t = ``ncm_share``, divided by
+(1 + t / ``ncm_share_decay``) when that is set, so the weights can settle on
+the better expert as the stream goes on. They start uniform.
 
 The state (``VSMLState.ncm``): the class sums of the raw features
-[P, E, B, A], the class counts [P, E, B] and log(w, 1 - w) [P, E, Z]; every
-example of a learner holds the same copy (the step's E examples are pooled).
+[P, E, B, A], the class counts [P, E, B], log w [P, E, Z] and, with the GNB
+expert, the pooled within-class sum of squares of each feature [P, E, A];
+every example of a learner holds the same copy (the step's E examples are
+pooled).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -38,16 +54,34 @@ from torch import Tensor
 from .cell import centre_and_var, fan_in
 from .config import VSMLConfig
 
-NCMState = tuple[Tensor, Tensor, Tensor]
+# (ncm_sum [P, E, B, A], ncm_count [P, E, B], mix_logw [P, E, Z]) and, with the GNB expert,
+# ncm_within [P, E, A]
+NCMState = tuple[Tensor, ...]
 
 
-def initial_ncm(x_mean: Tensor, classes: Tensor) -> NCMState:
-    """The empty NCM state: x_mean [P, E, A] and any [P, E, B] tensor give the shapes (traceable)."""
+def initial_ncm(x_mean: Tensor, classes: Tensor, config: VSMLConfig) -> NCMState:
+    """The empty mixture state: x_mean [P, E, A] and any [P, E, B] tensor give the shapes (traceable)."""
     sums = torch.zeros_like(classes).unsqueeze(-1) * x_mean.unsqueeze(2)  # [P, E, B, A]
     counts = torch.zeros_like(classes)
     zero = torch.zeros_like(classes[..., 0])  # [P, E]
-    logw = torch.stack([zero, zero], dim=-1) + math.log(0.5)
-    return sums, counts, logw
+    z = config.n_experts
+    logw = torch.stack([zero] * z, dim=-1) + math.log(1 / z)
+    if config.gnb_temperature is None:
+        return sums, counts, logw
+    return sums, counts, logw, torch.zeros_like(x_mean)
+
+
+def _centre_and_spread(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+    """The online standardisation's centre [P, E, A] and the features' mean variance [P, E, 1].
+
+    The variance leaves out the prior's unit variance (there to keep rare features from blowing
+    up, which one scale shared by all features does not need).
+    """
+    n = (t + 1) * fan_in(x, 1)
+    centre, _ = centre_and_var(x_mean, x_sq, n, config)
+    prior = (config.online_norm_prior / (n + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
+    spread = torch.clamp(x_sq - prior - x_mean * x_mean, min=0.0).mean(-1, keepdim=True)
+    return centre, spread
 
 
 def ncm_logits(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig) -> Tensor:
@@ -57,13 +91,8 @@ def ncm_logits(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState
     step's examples; t: [P, E] the steps before this one.
     """
     assert config.ncm_temperature is not None
-    sums, counts, _ = ncm
-    n = (t + 1) * fan_in(x, 1)
-    centre, _ = centre_and_var(x_mean, x_sq, n, config)
-    # one scale for every feature from the examples' own spread: the prior's unit variance (there to
-    # keep rare features from blowing up, which a scale shared by all features does not need) left out
-    prior = (config.online_norm_prior / (n + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
-    spread = torch.clamp(x_sq - prior - x_mean * x_mean, min=0.0).mean(-1, keepdim=True)
+    sums, counts = ncm[0], ncm[1]
+    centre, spread = _centre_and_spread(x, x_mean, x_sq, t, config)
     scale = torch.rsqrt(spread + config.online_norm_eps)  # [P, E, 1]
     z = (x - centre) * scale  # [P, E, A]
     n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
@@ -71,25 +100,77 @@ def ncm_logits(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState
     return -config.ncm_temperature * (z.unsqueeze(2) - zc).pow(2).mean(-1)
 
 
-def mix(net_logits: Tensor, expert_logits: Tensor, logw: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """log p [P, E, B] and the two experts' log-probabilities ([P, E, B] each) for log(w, 1 - w) [P, E, Z]."""
-    lp_net, lp_ncm = torch.log_softmax(net_logits, -1), torch.log_softmax(expert_logits, -1)
-    lw = torch.log_softmax(logw, -1)
-    a, b = lw[..., :1] + lp_net, lw[..., 1:] + lp_ncm
-    top = torch.maximum(a, b)  # log(e^a + e^b), written out (traces to plain ONNX ops)
-    return top + torch.log(torch.exp(a - top) + torch.exp(b - top)), (lp_net, lp_ncm)
+def gnb_logits(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig) -> Tensor:
+    """The GNB expert's logits [P, E, B] for x [P, E, A] (raw features) before its label (arguments as ``ncm_logits``).
 
-
-def ncm_update(x: Tensor, y: Tensor, lp: tuple[Tensor, Tensor], ncm: NCMState, config: VSMLConfig) -> NCMState:
-    """The NCM state after the step's labels y [P, E, B] (all-zero rows: no label).
-
-    x: [P, E, A] raw features; lp: the experts' log-probabilities [P, E, B] from ``mix``.
+    v_a = (W_a + nu * spread) / (n + nu) + eps with W [P, E, A] the pooled within-class sum of
+    squares and n the labelled examples so far; logits -tau_g * mean_a (x - m_b)_a^2 / v_a plus the
+    log of the class frequencies with alpha pseudo-examples each.
     """
-    sums, counts, logw = ncm
-    sums = sums + (y.unsqueeze(-1) * x.unsqueeze(2)).sum(1, keepdim=True)  # [P, 1, B, A] to every example
-    counts = counts + y.sum(1, keepdim=True)
-    ll = torch.stack([(lp[0] * y).sum(-1), (lp[1] * y).sum(-1)], -1).sum(1, keepdim=True)  # [P, 1, Z]: log p_k(y)
+    assert config.gnb_temperature is not None and len(ncm) == 4
+    sums, counts, _, within = ncm
+    centre, spread = _centre_and_spread(x, x_mean, x_sq, t, config)
+    seen = counts.sum(-1, keepdim=True)  # [P, E, 1] labelled examples
+    nu, alpha = config.gnb_var_prior, config.gnb_class_prior
+    var = (within + nu * spread) / (seen + nu) + config.online_norm_eps  # [P, E, A]
+    n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
+    proto = (sums - n_c * centre.unsqueeze(2)) / (n_c + config.ncm_shrink)  # [P, E, B, A], from the centre
+    d = ((x - centre).unsqueeze(2) - proto).pow(2).div(var.unsqueeze(2)).mean(-1)  # [P, E, B]
+    prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
+    return -config.gnb_temperature * d + prior
+
+
+def expert_logits(
+    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
+) -> list[Tensor]:
+    """The logits [P, E, B] of the Z - 1 experts beside the network, in the order of ``mix_logw``."""
+    out = [ncm_logits(x, x_mean, x_sq, t, ncm, config)]
+    if config.gnb_temperature is not None:
+        out.append(gnb_logits(x, x_mean, x_sq, t, ncm, config))
+    return out
+
+
+def mix(net_logits: Tensor, experts: Sequence[Tensor], logw: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """log p [P, E, B] and the experts' log-probabilities ([P, E, B] each, the network's first), log w [P, E, Z]."""
+    lps = (torch.log_softmax(net_logits, -1), *(torch.log_softmax(e, -1) for e in experts))
+    lw = torch.log_softmax(logw, -1)
+    terms = [lw[..., k : k + 1] + lp for k, lp in enumerate(lps)]
+    top = functools.reduce(torch.maximum, terms)  # log sum exp, written out (traces to plain ONNX ops)
+    total = functools.reduce(operator.add, [torch.exp(term - top) for term in terms])
+    return top + torch.log(total), lps
+
+
+def _within_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, within: Tensor) -> Tensor:
+    """The pooled within-class sum of squares [P, E, A] after the step's labels (Chan et al.'s merge, per class).
+
+    A class b with n_b examples of mean mu_b gaining m_b examples of mean xbar_b and sum of squares
+    M2_b around it adds M2_b + n_b m_b / (n_b + m_b) (xbar_b - mu_b)^2; no large sums cancel.
+    """
+    m = y.sum(1, keepdim=True)  # [P, 1, B]
+    xbar = (y.unsqueeze(-1) * x.unsqueeze(2)).sum(1, keepdim=True) / torch.clamp(m, min=1.0).unsqueeze(-1)
+    m2 = (y.unsqueeze(-1) * (x.unsqueeze(2) - xbar).pow(2)).sum(1, keepdim=True)  # [P, 1, B, A]
+    mu = sums / torch.clamp(counts, min=1.0).unsqueeze(-1)  # [P, E, B, A]
+    k = (counts * m / torch.clamp(counts + m, min=1.0)).unsqueeze(-1)  # [P, E, B, 1]
+    return within + (m2 + k * (xbar - mu).pow(2)).sum(2)
+
+
+def ncm_update(x: Tensor, y: Tensor, lp: Sequence[Tensor], ncm: NCMState, t: Tensor, config: VSMLConfig) -> NCMState:
+    """The mixture state after the step's labels y [P, E, B] (all-zero rows: no label).
+
+    x: [P, E, A] raw features; lp: the experts' log-probabilities [P, E, B] from ``mix``;
+    t: [P, E] the steps before this one (for ``ncm_share_decay``).
+    """
+    sums, counts, logw = ncm[0], ncm[1], ncm[2]
+    new_sums = sums + (y.unsqueeze(-1) * x.unsqueeze(2)).sum(1, keepdim=True)  # [P, 1, B, A] to every example
+    new_counts = counts + y.sum(1, keepdim=True)
+    ll = torch.stack([(lp_k * y).sum(-1) for lp_k in lp], -1).sum(1, keepdim=True)  # [P, 1, Z]: log p_k(y)
     w = torch.softmax(logw + ll, -1)
     labelled = (y.sum((1, 2)) > 0).to(w.dtype).reshape(-1, 1, 1)  # [P, 1, 1]: share only after a label
-    w = w + labelled * config.ncm_share * (0.5 - w)
-    return sums, counts, torch.log(w).expand_as(logw)
+    share: Tensor | float = config.ncm_share
+    if config.ncm_share_decay is not None:
+        share = config.ncm_share / (1 + t[:, :1].unsqueeze(-1) / config.ncm_share_decay)  # [P, 1, 1]
+    w = w + labelled * share * (1 / len(lp) - w)
+    out = (new_sums, new_counts, torch.log(w).expand_as(logw))
+    if config.gnb_temperature is None:
+        return out
+    return (*out, _within_update(x, y, sums, counts, ncm[3]))

@@ -9,12 +9,14 @@ learner, A_k / B_k the inputs / outputs of layer k, N state, M message.
     t           [P, E]               step count (only with ``config.counts_steps``)
     x_mean      [P, E, A]            running mean of each input feature (only with
     x_sq        [P, E, A]            online_norm) and its running second moment
-    ncm_sum     [P, E, B, A]         the NCM mixture's class sums of the raw features,
-    ncm_count   [P, E, B]            class counts and log weights of its two experts
-    mix_logw    [P, E, Z]            (Z = 2; only with ``ncm_temperature``; ``mixture``)
+    ncm_sum     [P, E, B, A]         the output mixture's class sums of the raw features,
+    ncm_count   [P, E, B]            class counts and log weights of its Z experts
+    mix_logw    [P, E, Z]            (only with ``ncm_temperature``; ``mixture``)
+    ncm_within  [P, E, A]            pooled within-class sum of squares (only with
+                                     ``gnb_temperature``, the third expert)
 
 The flat names (``h_0``, ``c_0``, ``bwd_0``, ``t``, ``x_mean``, ``x_sq``, ``ncm_sum``,
-``ncm_count``, ``mix_logw``) are
+``ncm_count``, ``mix_logw``, ``ncm_within``) are
 the ONNX input and output names of the exported step.
 """
 
@@ -31,6 +33,14 @@ from .mixture import NCMState, initial_ncm
 from .params import Params
 
 NCM_NAMES = ("ncm_sum", "ncm_count", "mix_logw")
+GNB_NAMES = ("ncm_within",)
+
+
+def ncm_names(config: VSMLConfig) -> tuple[str, ...]:
+    """The mixture's state names for ``config`` (none without ``ncm_temperature``)."""
+    if config.ncm_temperature is None:
+        return ()
+    return NCM_NAMES + (GNB_NAMES if config.gnb_temperature is not None else ())
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ class VSMLState:
     bwd: tuple[Tensor, ...]
     t: Tensor | None = None
     norm: tuple[Tensor, Tensor] | None = None  # (x_mean, x_sq) [P, E, A] with online_norm
-    ncm: NCMState | None = None  # (ncm_sum, ncm_count, mix_logw) with ncm_temperature
+    ncm: NCMState | None = None  # (ncm_sum, ncm_count, mix_logw[, ncm_within]) with ncm_temperature
 
     def to_dict(self) -> dict[str, Tensor]:
         """Flat ``{name: tensor}`` with the ONNX names."""
@@ -57,7 +67,7 @@ class VSMLState:
         if self.norm is not None:
             d["x_mean"], d["x_sq"] = self.norm
         if self.ncm is not None:
-            d.update(zip(NCM_NAMES, self.ncm, strict=True))
+            d.update(zip(NCM_NAMES + GNB_NAMES[: len(self.ncm) - len(NCM_NAMES)], self.ncm, strict=True))
         return d
 
     @classmethod
@@ -75,7 +85,7 @@ class VSMLState:
             bwd=tuple(d[f"bwd_{i}"] for i in range(k)) if not config.backward_pass else (),
             t=d["t"] if config.counts_steps else None,
             norm=(d["x_mean"], d["x_sq"]) if config.online_norm else None,
-            ncm=(d["ncm_sum"], d["ncm_count"], d["mix_logw"]) if config.ncm_temperature is not None else None,
+            ncm=tuple(d[n] for n in ncm_names(config)) if config.ncm_temperature is not None else None,
         )
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> VSMLState:
@@ -86,7 +96,7 @@ class VSMLState:
             bwd=tuple(fn(x) for x in self.bwd),
             t=None if self.t is None else fn(self.t),
             norm=None if self.norm is None else (fn(self.norm[0]), fn(self.norm[1])),
-            ncm=None if self.ncm is None else (fn(self.ncm[0]), fn(self.ncm[1]), fn(self.ncm[2])),
+            ncm=None if self.ncm is None else tuple(fn(v) for v in self.ncm),
         )
 
 
@@ -101,8 +111,7 @@ def state_names(config: VSMLConfig) -> list[str]:
         names.append("t")
     if config.online_norm:
         names += ["x_mean", "x_sq"]
-    if config.ncm_temperature is not None:
-        names += list(NCM_NAMES)
+    names += list(ncm_names(config))
     return names
 
 
@@ -179,7 +188,7 @@ def state_from_noise(config: VSMLConfig, params: Params | None, noise: list[Tens
     ncm = None
     if config.ncm_temperature is not None:
         assert norm is not None, "ncm_temperature needs online_norm (checked by VSMLConfig)"
-        ncm = initial_ncm(norm[0], bwds[-1][..., 0])  # bwds[-1][..., 0]: [P, E, B]
+        ncm = initial_ncm(norm[0], bwds[-1][..., 0], config)  # bwds[-1][..., 0]: [P, E, B]
     return VSMLState(
         h=tuple(hs),
         c=tuple(cs),

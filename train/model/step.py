@@ -44,7 +44,7 @@ from .cell import (
     read_logits,
 )
 from .config import VSMLConfig
-from .mixture import mix, ncm_logits, ncm_update
+from .mixture import expert_logits, mix, ncm_update
 from .params import Params
 from .state import VSMLState
 from .visit_fused import fused_schedule, visit_fused
@@ -125,8 +125,8 @@ def step(
     ncm = state.ncm
     if ncm is not None:  # the output: the NCM mixture's log-probabilities (docs/model.md §3.5)
         assert norm is not None and t is not None
-        logits, lp = mix(logits, ncm_logits(x_raw, norm[0], norm[1], t, ncm, config), ncm[2])
-        ncm = ncm_update(x_raw, y, lp, ncm, config)
+        logits, lp = mix(logits, expert_logits(x_raw, norm[0], norm[1], t, ncm, config), ncm[2])
+        ncm = ncm_update(x_raw, y, lp, ncm, t, config)
     if config.backward_pass:
         # backward tick: layers K..1 on (x_t, e_t); errors reach every layer now
         bwd_in = err
