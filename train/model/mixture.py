@@ -71,62 +71,56 @@ def initial_ncm(x_mean: Tensor, classes: Tensor, config: VSMLConfig) -> NCMState
     return sums, counts, logw, torch.zeros_like(x_mean)
 
 
-def _centre_and_spread(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, config: VSMLConfig) -> tuple[Tensor, Tensor]:
-    """The online standardisation's centre [P, E, A] and the features' mean variance [P, E, 1].
+def _class_distances(
+    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
+) -> tuple[Tensor, Tensor]:
+    """The squared standardised differences to every class mean, and the features' spread.
 
-    The variance leaves out the prior's unit variance (there to keep rare features from blowing
-    up, which one scale shared by all features does not need).
+    Args:
+        x: [P, E, A] raw features of this step (before its labels).
+        x_mean, x_sq: [P, E, A] the online standardisation's moments counting this step's examples.
+        t: [P, E] the steps before this one.
+        ncm: the mixture's state (class sums and counts).
+    Returns:
+        (sq [P, E, B, A] = ((x - c) g - (S_b - n_b c) g / (n_b + kappa))^2, s2 [P, E, 1]): c the
+        centre of docs/model.md §3.4, s2 the features' mean variance over the examples alone (without
+        the prior's unit variance, there to keep rare features from blowing up, which one scale for
+        all features does not need), g = 1 / sqrt(s2 + eps); class b's mean shrunk toward c by kappa.
     """
+    sums, counts = ncm[0], ncm[1]
     n = (t + 1) * fan_in(x, 1)
     centre, _ = centre_and_var(x_mean, x_sq, n, config)
     prior = (config.online_norm_prior / (n + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
     spread = torch.clamp(x_sq - prior - x_mean * x_mean, min=0.0).mean(-1, keepdim=True)
-    return centre, spread
-
-
-def ncm_logits(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig) -> Tensor:
-    """The NCM expert's logits -tau * d [P, E, B] for x [P, E, A] (raw features) before its label.
-
-    x_mean, x_sq: [P, E, A] the online standardisation's moments counting this
-    step's examples; t: [P, E] the steps before this one.
-    """
-    assert config.ncm_temperature is not None
-    sums, counts = ncm[0], ncm[1]
-    centre, spread = _centre_and_spread(x, x_mean, x_sq, t, config)
     scale = torch.rsqrt(spread + config.online_norm_eps)  # [P, E, 1]
     z = (x - centre) * scale  # [P, E, A]
     n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
     zc = (sums - n_c * centre.unsqueeze(2)) * scale.unsqueeze(2) / (n_c + config.ncm_shrink)  # [P, E, B, A]
-    return -config.ncm_temperature * (z.unsqueeze(2) - zc).pow(2).mean(-1)
-
-
-def gnb_logits(x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig) -> Tensor:
-    """The GNB expert's logits [P, E, B] for x [P, E, A] (raw features) before its label (arguments as ``ncm_logits``).
-
-    v_a = (W_a + nu * spread) / (n + nu) + eps with W [P, E, A] the pooled within-class sum of
-    squares and n the labelled examples so far; logits -tau_g * mean_a (x - m_b)_a^2 / v_a plus the
-    log of the class frequencies with alpha pseudo-examples each.
-    """
-    assert config.gnb_temperature is not None and len(ncm) == 4
-    sums, counts, _, within = ncm
-    centre, spread = _centre_and_spread(x, x_mean, x_sq, t, config)
-    seen = counts.sum(-1, keepdim=True)  # [P, E, 1] labelled examples
-    nu, alpha = config.gnb_var_prior, config.gnb_class_prior
-    var = (within + nu * spread) / (seen + nu) + config.online_norm_eps  # [P, E, A]
-    n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
-    proto = (sums - n_c * centre.unsqueeze(2)) / (n_c + config.ncm_shrink)  # [P, E, B, A], from the centre
-    d = ((x - centre).unsqueeze(2) - proto).pow(2).div(var.unsqueeze(2)).mean(-1)  # [P, E, B]
-    prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
-    return -config.gnb_temperature * d + prior
+    return (z.unsqueeze(2) - zc).pow(2), spread
 
 
 def expert_logits(
     x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
 ) -> list[Tensor]:
-    """The logits [P, E, B] of the Z - 1 experts beside the network, in the order of ``mix_logw``."""
-    out = [ncm_logits(x, x_mean, x_sq, t, ncm, config)]
+    """The logits [P, E, B] of the Z - 1 experts beside the network, in the order of ``mix_logw``.
+
+    Arguments as ``_class_distances``. NCM: -tau * mean_a sq. GNB (with ``gnb_temperature``): with
+    v_a = (W_a + nu s2) / (m + nu) + eps, W [P, E, A] the pooled within-class sum of squares and m the
+    labelled examples so far, -tau_g * mean_a (x - m_b)_a^2 / v_a = -tau_g * mean_a sq_a (s2 + eps) / v_a,
+    plus the log of the class frequencies with alpha pseudo-examples each.
+    """
+    assert config.ncm_temperature is not None
+    sq, spread = _class_distances(x, x_mean, x_sq, t, ncm, config)
+    out = [-config.ncm_temperature * sq.mean(-1)]
     if config.gnb_temperature is not None:
-        out.append(gnb_logits(x, x_mean, x_sq, t, ncm, config))
+        assert len(ncm) == 4
+        _, counts, _, within = ncm
+        seen = counts.sum(-1, keepdim=True)  # [P, E, 1] labelled examples
+        nu, alpha = config.gnb_var_prior, config.gnb_class_prior
+        var = (within + nu * spread) / (seen + nu) + config.online_norm_eps  # [P, E, A]
+        d = (sq * ((spread + config.online_norm_eps) / var).unsqueeze(2)).mean(-1)  # [P, E, B]
+        prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
+        out.append(-config.gnb_temperature * d + prior)
     return out
 
 
