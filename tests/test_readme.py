@@ -50,6 +50,7 @@ SHELL: dict[str, tuple[str, str]] = {
     "vsml-eval vsml_runtime/assets/pretrained.onnx --dataset mnist --project 64": ("slow", CHEAP_EVAL),
     "vsml-eval vsml_runtime/assets/pretrained.pt --suite tabular": ("slow", " --steps 20 --streams 1 --no-external"),
     "vsml-eval vsml_runtime/assets/pretrained.pt --suite invariance": ("slow", " --steps 20 --streams 1"),
+    "vsml-eval vsml_runtime/assets/pretrained.pt --suite dev-tables": ("slow", " --steps 20 --streams 1 --no-external"),
     "vsml-train --list-presets": ("run", ""),
     "vsml-train --method bptt --preset bptt-cpu --out runs/bptt": ("options", ""),
     "vsml-train --method clone --preset clone-cpu --out runs/clone": ("options", ""),
