@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 10's prepared meta-training run for a lent GPU: one device call of at most 600 s.
 #
-# Online truncated BPTT (docs/model.md §6.3) from the shipped default (learner 9; its config, online-norm prior
-# 10, centring prior 0.3 and the NCM mixture included, comes with --init, so the loss is the mixture's and
-# V_M learns to complement the nearest-class-mean expert) with the recipe of learners 6 and 7 at a larger
+# Online truncated BPTT (docs/model.md §6.3) from the shipped default (learner 10; its config, online-norm prior
+# 10, centring prior 0.3 and the three-expert mixture included, comes with --init, so the loss is the mixture's
+# and V_M learns to complement the nearest-class-mean and naive-Bayes experts) with the recipe of learners 6 and 7 at a larger
 # scale: MNIST's TRAINING split randomly projected 784 -> 784 (labels permuted per episode) and the synthetic
 # 'tabular' family (32 features, 2 classes, skewed priors, rare indicators; projected to 784 as well, since
 # the task mix projects whole iterations); EPISODES episodes of STEPS steps per iteration, an Adam step every
@@ -15,8 +15,8 @@
 #
 # On the CPU the same mix WITHOUT the projection made learner 5 worse within 10 iterations (the synthetic
 # sparse family's first 50 fell from 0.855 to 0.15-0.29); with it, 20 iterations gave learner 6 and 40 more
-# under prior 10 learner 7 (model card); learners 8 and 9 are learner 7 with a centring prior of its own and
-# then the NCM mixture (config only).
+# under prior 10 learner 7 (model card); learners 8, 9 and 10 are learner 7 with a centring prior of its own,
+# then the NCM mixture, then its GNB expert (config only).
 # Ship a result only if select.txt shows it above the default by the selection score and it then passes the
 # evaluations once; memory is about 130 MB per episode-step of a window (eager), so EPISODES x WINDOW = 400
 # needs about 52 GB.
