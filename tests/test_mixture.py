@@ -175,6 +175,15 @@ def test_config_rejects_a_bad_third_expert(changes: dict, message: str) -> None:
 GNB = CONFIG.replace(gnb_temperature=2.0, ncm_share_decay=30.0)
 
 
+def _pooled_within(xs: np.ndarray, ys: np.ndarray, b: int) -> np.ndarray:
+    """[A] the sum over labelled rows of (x - its class's mean)^2 (label -1: unlabelled), by the definition."""
+    out = np.zeros(xs.shape[1])
+    for c in range(b):
+        if (ys == c).any():
+            out += ((xs[ys == c] - xs[ys == c].mean(0)) ** 2).sum(0)
+    return out
+
+
 def test_gnb_state_layout_and_initial_values() -> None:
     assert state_names(GNB)[-4:] == ["ncm_sum", "ncm_count", "mix_logw", "ncm_within"]
     assert GNB.n_experts == 3 and CONFIG.n_experts == 2 and CONFIG.replace(ncm_temperature=None).n_experts == 0
@@ -201,10 +210,9 @@ def test_within_class_sum_of_squares_is_its_definition(seed: int, e: int, offset
     y[torch.rand(y.shape, generator=gen) < unlabelled] = -1
     out = run_episode(params, GNB, x, y, 3, seed=0)
     assert out.state.ncm is not None
-    xs, ys = x.reshape(-1, 3).numpy(), y.reshape(-1).numpy()
-    want = sum(((xs[ys == c] - xs[ys == c].mean(0)) ** 2).sum(0) for c in range(3) if (ys == c).any())
+    want = _pooled_within(x.reshape(-1, 3).numpy(), y.reshape(-1).numpy(), 3)
     for k in range(e):
-        np.testing.assert_allclose(out.state.ncm[3][0, k].numpy(), np.zeros(3) + want, rtol=1e-9, atol=1e-7)
+        np.testing.assert_allclose(out.state.ncm[3][0, k].numpy(), want, rtol=1e-9, atol=1e-7)
 
 
 def test_gnb_weighs_features_by_how_well_they_separate_the_classes() -> None:
@@ -287,8 +295,7 @@ def test_runtime_gnb_learner_resumes_exactly_and_pools(gnb_onnx: Path, tmp_path:
     assert learner.state_dict()["state.ncm_within"].shape == (1, 1, a)
     assert learner.state_dict()["state.mix_logw"].shape == (1, 1, 3)
     learner.learn_stream(x[:18], y[:18])
-    xs, ys = x[:18].astype(np.float64), y[:18]
-    want = sum(((xs[ys == c] - xs[ys == c].mean(0)) ** 2).sum(0) for c in range(b) if (ys == c).any())
+    want = _pooled_within(x[:18].astype(np.float64), y[:18], b)
     np.testing.assert_allclose(learner.state_dict()["state.ncm_within"][0, 0], want, rtol=1e-4)
     learner.save(tmp_path / "s.npz")
     restored = Learner.load(tmp_path / "s.npz")

@@ -17,6 +17,17 @@ from vsml_train.model.step import Impl, step
 
 DT = torch.float64
 
+# the NCM mixture on top of online_norm (docs/model.md §3.5); "gnb_mixture" adds the third expert to it
+NCM_MIXTURE = {
+    "online_norm": True,
+    "online_norm_prior": 3.0,
+    "online_norm_center_prior": 0.5,
+    "ncm_temperature": 2.0,
+    "ncm_shrink": 0.7,
+    "ncm_share": 0.2,
+    "bias_input": 1.0,
+    "backward_pass": True,
+}
 # every option of the config, each switched away from its default at least once
 CONFIGS: dict[str, dict] = {
     "default": {},
@@ -64,31 +75,14 @@ CONFIGS: dict[str, dict] = {
         "batch_average": "full",
         "hidden": (2,),
     },
-    # the NCM mixture on top of online_norm (docs/model.md §3.5)
-    "ncm_mixture": {
-        "online_norm": True,
-        "online_norm_prior": 3.0,
-        "online_norm_center_prior": 0.5,
-        "ncm_temperature": 2.0,
-        "ncm_shrink": 0.7,
-        "ncm_share": 0.2,
-        "bias_input": 1.0,
-        "backward_pass": True,
-    },
-    # the three-expert mixture: GNB with pooled variances and a class prior, a decaying share
+    "ncm_mixture": NCM_MIXTURE,
+    # the three-expert mixture: GNB with pooled variances and a class prior, a decaying share, E averaged
     "gnb_mixture": {
-        "online_norm": True,
-        "online_norm_prior": 3.0,
-        "online_norm_center_prior": 0.5,
-        "ncm_temperature": 2.0,
-        "ncm_shrink": 0.7,
-        "ncm_share": 0.2,
+        **NCM_MIXTURE,
         "ncm_share_decay": 1.5,
         "gnb_temperature": 1.5,
         "gnb_class_prior": 0.6,
         "gnb_var_prior": 2.0,
-        "bias_input": 1.0,
-        "backward_pass": True,
         "batch_average": "full",
     },
     "error_decay_only": {"error_decay_steps": 2.0, "error_decay_power": 1.0, "feed_label": False},
