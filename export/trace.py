@@ -198,7 +198,7 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     inputs = [*names, fmt.X_NAME, fmt.Y_NAME]
     outputs = [fmt.NEW_PREFIX + n for n in names] + [fmt.LOGITS_NAME]
     axes = [dict(enumerate(spec.layout[n])) for n in names]
-    axes = [{i: a for i, a in ax.items() if a not in ("N", "M")} for ax in axes]
+    axes = [{i: a for i, a in ax.items() if a not in ("N", "M", "Z")} for ax in axes]  # fixed by the config
     axes += [{0: "P", 1: "E", 2: fmt.FEATURES_AXIS}, {0: "P", 1: "E"}]
     args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
 

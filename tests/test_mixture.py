@@ -287,6 +287,15 @@ def gnb_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tmp(tmp_path_factory.mktemp("gnb"), GNB)
 
 
+def test_exported_expert_axis_is_fixed_by_the_config(gnb_onnx: Path) -> None:
+    """Z is the config's expert count, not a dynamic axis (torch.export could not trace it as one)."""
+    import onnx
+
+    graph = onnx.load(str(gnb_onnx)).graph
+    logw = next(i for i in graph.input if i.name == "mix_logw")
+    assert [d.dim_value or d.dim_param for d in logw.type.tensor_type.shape.dim][2] == 3
+
+
 def test_runtime_gnb_learner_resumes_exactly_and_pools(gnb_onnx: Path, tmp_path: Path) -> None:
     a, b = 5, 4
     rng = np.random.default_rng(2)
