@@ -237,7 +237,10 @@ def reference_mixture(
                     d_gnb.append(sum((float(x[p, e, a]) - centre[a] - proto[a]) ** 2 / var[a] for a in range(A)) / A)
                     alpha = config.gnb_class_prior
                     prior.append(math.log((nb + alpha) / (seen + B * alpha)))
-            lps = [torch.log_softmax(net[p, e], 0), torch.log_softmax(-tau * torch.tensor(d, dtype=net.dtype), 0)]
+            lps = [
+                torch.log_softmax(net[p, e] * config.ncm_net_scale, 0),
+                torch.log_softmax(-tau * torch.tensor(d, dtype=net.dtype), 0),
+            ]
             if gnb:
                 g_logits = [-config.gnb_temperature * d_gnb[b] + prior[b] for b in range(B)]
                 lps.append(torch.log_softmax(torch.tensor(g_logits, dtype=net.dtype), 0))

@@ -78,6 +78,7 @@ CONFIGS = {
         "ncm_temperature": 5.0,
         "gnb_temperature": 2.0,
         "ncm_share_decay": 30.0,
+        "ncm_net_scale": 0.75,
         "bias_input": 3.0,
     },
 }

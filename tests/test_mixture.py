@@ -165,6 +165,7 @@ def test_config_needs_online_norm() -> None:
         ({"gnb_class_prior": 0.0}, "gnb_class_prior must be"),
         ({"gnb_var_prior": float("nan")}, "gnb_var_prior must be"),
         ({"ncm_share_decay": float("inf")}, "ncm_share_decay must be"),
+        ({"ncm_net_scale": 0.0}, "ncm_net_scale must be"),
     ],
 )
 def test_config_rejects_a_bad_third_expert(changes: dict, message: str) -> None:
@@ -173,6 +174,21 @@ def test_config_rejects_a_bad_third_expert(changes: dict, message: str) -> None:
 
 
 GNB = CONFIG.replace(gnb_temperature=2.0, ncm_share_decay=30.0)
+
+
+def test_three_experts_and_a_tempered_network_leave_the_network_learning_as_without_them() -> None:
+    """ncm_net_scale tempers the network expert inside the mixture only: h and c are bit-identical."""
+    config = GNB.replace(ncm_net_scale=0.5)
+    params = init_params(config, 0, dtype=DT)
+    x, y = _stream(5, 10, 4, 3, p=2)
+    with_mix = run_episode(params, config, x, y, 3, seed=0)
+    untempered = run_episode(params, GNB, x, y, 3, seed=0)
+    without = run_episode(params, config.replace(ncm_temperature=None, gnb_temperature=None), x, y, 3, seed=0)
+    for k in range(config.n_layers):
+        torch.testing.assert_close(with_mix.state.h[k], without.state.h[k], rtol=0, atol=0)
+        torch.testing.assert_close(with_mix.state.c[k], without.state.c[k], rtol=0, atol=0)
+    assert (with_mix.logits - untempered.logits).abs().max() > 1e-3
+    torch.testing.assert_close(with_mix.logits.exp().sum(-1), torch.ones(10, 2, 1, dtype=DT))
 
 
 def _pooled_within(xs: np.ndarray, ys: np.ndarray, b: int) -> np.ndarray:

@@ -80,6 +80,7 @@ CONFIGS: dict[str, dict] = {
     "gnb_mixture": {
         **NCM_MIXTURE,
         "ncm_share_decay": 1.5,
+        "ncm_net_scale": 0.7,
         "gnb_temperature": 1.5,
         "gnb_class_prior": 0.6,
         "gnb_var_prior": 2.0,

@@ -40,6 +40,7 @@ SETTABLE = (
     "ncm_shrink",
     "ncm_share",
     "ncm_share_decay",
+    "ncm_net_scale",
     "gnb_temperature",
     "gnb_class_prior",
     "gnb_var_prior",

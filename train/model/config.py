@@ -90,6 +90,10 @@ class VSMLConfig:
         ncm_share_decay: when set (tau_s), the share after step t is
             s / (1 + t / tau_s): the weights may settle on the better expert
             as the stream goes on. None: the share stays s.
+        ncm_net_scale: the network's logits are multiplied by this inside the
+            mixture (its own error message still uses them as they are): a
+            temperature for the network expert, whose early predictions are
+            sharper than its accuracy warrants. 1 leaves them as they are.
         gnb_temperature: when set (tau_g), a third expert joins the mixture:
             Gaussian naive Bayes with one within-class variance per feature
             pooled over the classes (diagonal LDA) and a class prior, at
@@ -135,6 +139,7 @@ class VSMLConfig:
     ncm_shrink: float = 1.0
     ncm_share: float = 0.03
     ncm_share_decay: float | None = None
+    ncm_net_scale: float = 1.0
     gnb_temperature: float | None = None
     gnb_class_prior: float = 3.0
     gnb_var_prior: float = 10.0
@@ -189,7 +194,7 @@ class VSMLConfig:
                 errors.append(f"{name} must be a finite number > 0 or None, got {v}")
         if self.gnb_temperature is not None and tau is None:
             errors.append("gnb_temperature needs ncm_temperature (the third expert of the NCM mixture)")
-        for name in ("gnb_class_prior", "gnb_var_prior"):
+        for name in ("gnb_class_prior", "gnb_var_prior", "ncm_net_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 errors.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.error_scale) and self.error_scale > 0):
