@@ -55,6 +55,8 @@ NCM_LAYOUT = {
     "ncm_count": ("P", "E", "B"),
     "mix_logw": ("P", "E", "Z"),
     "ncm_within": ("P", "E", fmt.FEATURES_AXIS),
+    "lda_scatter": ("P", fmt.FEATURES_AXIS, fmt.FEATURES_AXIS),  # one per learner: no E axis
+    "lda_dir": ("P", fmt.FEATURES_AXIS, "B"),
 }
 
 
@@ -114,6 +116,10 @@ def _example_state(
         out[name] = (torch.rand(t.shape, generator=gen) * 2 - 1) * (0.9 if name != "t" else 0) + t
         if name == "t":
             out[name] = torch.full(t.shape, 3.0)
+        if name in ("ncm_count", "ncm_within"):  # counts and sums of squares a stream can reach: >= 0
+            out[name] = out[name].abs()
+        if name == "lda_scatter":  # a scatter matrix is symmetric positive semi-definite
+            out[name] = out[name] @ out[name].transpose(-1, -2)
     return out
 
 

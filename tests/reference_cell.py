@@ -201,8 +201,10 @@ def reference_mixture(
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """The output mixture (docs/model.md §3.5), one scalar at a time: x [P, E, A] raw, y one-hot, net the logits.
 
-    The GNB expert's within-class sum of squares is recomputed here the plain way, from each
-    class's examples' deviations, by keeping the step's examples and the class means apart.
+    The GNB expert's within-class sum of squares (and the LDA expert's scatter) is recomputed here
+    the plain way, from each class's examples' deviations, by keeping the step's examples and the
+    class means apart; the LDA expert's directions are the exact solution of Sigma v = u (Gaussian
+    elimination), which the step's conjugate gradients reach with ``lda_iterations`` > A.
     """
     P, E, A = x.shape
     B = net.shape[-1]
@@ -212,10 +214,20 @@ def reference_mixture(
     qc = q if config.online_norm_center_prior is None else config.online_norm_center_prior
     sums, counts, logw = (v.clone() for v in ncm[:3])
     within = ncm[3].clone() if gnb else None
-    z = 3 if gnb else 2
+    lda = config.lda_temperature is not None
+    scatter, direc = (ncm[4].clone(), ncm[5].clone()) if lda else (None, None)
+    z = 2 + gnb + lda
     out = net.clone()
     for p in range(P):
         ll = [0.0] * z
+        if lda:
+            assert direc is not None
+            # one learner, one expert: from the first example's moments and step count (in a run every
+            # example of a learner holds the same ones)
+            u, v, c0 = _lda_directions(config, sums[p, 0], counts[p, 0], ncm[4][p], norm[0][p, 0], norm[1][p, 0], t[p, 0], E)
+            for a in range(A):
+                for b in range(B):
+                    direc[p, a, b] = v[a][b]
         for e in range(E):
             n = (float(t[p, e]) + 1) * E
             mean, sq = norm[0][p, e], norm[1][p, e]
@@ -244,6 +256,15 @@ def reference_mixture(
             if gnb:
                 g_logits = [-config.gnb_temperature * d_gnb[b] + prior[b] for b in range(B)]
                 lps.append(torch.log_softmax(torch.tensor(g_logits, dtype=net.dtype), 0))
+            if lda:
+                assert config.lda_temperature is not None
+                l_logits = [
+                    config.lda_temperature
+                    * sum(((float(x[p, e, a]) - c0[a]) - 0.5 * u[a][b]) * v[a][b] for a in range(A))
+                    + prior[b]
+                    for b in range(B)
+                ]
+                lps.append(torch.log_softmax(torch.tensor(l_logits, dtype=net.dtype), 0))
             w = torch.softmax(logw[p, e], 0)
             out[p, e] = torch.log(sum(w[k] * torch.exp(lps[k]) for k in range(z)))
             for b in range(B):
@@ -270,6 +291,15 @@ def reference_mixture(
                     extra = nb * (old_mean - all_mean) ** 2 + sum((v - all_mean) ** 2 for v in vals)
                     for e in range(E):
                         within[p, e, a] += extra
+                if lda:  # the same, with products of two features
+                    assert scatter is not None
+                    old = [float(sums[p, 0, b, a]) / nb if nb > 0 else 0.0 for a in range(A)]
+                    mid = [(old[a] * nb + sum(float(x[p, e, a]) for e in new)) / (nb + len(new)) for a in range(A)]
+                    for i in range(A):
+                        for j in range(A):
+                            scatter[p, i, j] += nb * (old[i] - mid[i]) * (old[j] - mid[j]) + sum(
+                                (float(x[p, e, i]) - mid[i]) * (float(x[p, e, j]) - mid[j]) for e in new
+                            )
         for e in range(E):
             w = torch.softmax(logw[p, e] + torch.tensor(ll, dtype=logw.dtype), 0)
             if labelled:
@@ -279,7 +309,49 @@ def reference_mixture(
                 counts[p, e, b] += float(y[p, :, b].sum())
                 for a in range(A):
                     sums[p, e, b, a] += float((y[p, :, b] * x[p, :, a]).sum())
+    if lda:
+        assert within is not None and scatter is not None and direc is not None
+        return out, (sums, counts, logw, within, scatter, direc)
     if gnb:
         assert within is not None
         return out, (sums, counts, logw, within)
     return out, (sums, counts, logw)
+
+
+def _lda_directions(
+    config: VSMLConfig, sums: Tensor, counts: Tensor, scatter: Tensor, mean: Tensor, sq: Tensor, t: Tensor, e: int
+) -> tuple[list[list[float]], list[list[float]], list[float]]:
+    """u [A][B], the shrunk class means about the centre, v solving Sigma v = u exactly, the centre (one learner).
+
+    Sigma = (W + nu_l D) / (m + nu_l), D the features' own variances (without the prior) + eps.
+    """
+    b_n, a_n = sums.shape
+    q = config.online_norm_prior
+    qc = q if config.online_norm_center_prior is None else config.online_norm_center_prior
+    n = (float(t) + 1) * e
+    centre = [float(mean[a]) * (n + q) / (n + qc) for a in range(a_n)]
+    dvar = [max(float(sq[a]) - float(mean[a]) ** 2 - q / (n + q), 0.0) + config.online_norm_eps for a in range(a_n)]
+    seen, nu = float(counts.sum()), config.lda_var_prior
+    sigma = [
+        [(float(scatter[i, j]) + (nu * dvar[i] if i == j else 0.0)) / (seen + nu) for j in range(a_n)]
+        for i in range(a_n)
+    ]
+    u = [
+        [(float(sums[b, a]) - float(counts[b]) * centre[a]) / (float(counts[b]) + config.ncm_shrink) for b in range(b_n)]
+        for a in range(a_n)
+    ]
+    return u, _solve(sigma, u), centre
+
+
+def _solve(m: list[list[float]], rhs: list[list[float]]) -> list[list[float]]:
+    """m^-1 rhs by Gaussian elimination with partial pivoting (m square, rhs a list of rows)."""
+    k = len(m)
+    aug = [list(m[i]) + list(rhs[i]) for i in range(k)]
+    for col in range(k):
+        piv = max(range(col, k), key=lambda r: abs(aug[r][col]))
+        aug[col], aug[piv] = aug[piv], aug[col]
+        for r in range(k):
+            if r != col:
+                f = aug[r][col] / aug[col][col]
+                aug[r] = [vr - f * vc for vr, vc in zip(aug[r], aug[col], strict=True)]
+    return [[v / aug[i][i] for v in aug[i][k:]] for i in range(k)]

@@ -81,6 +81,18 @@ CONFIGS = {
         "ncm_net_scale": 0.75,
         "bias_input": 3.0,
     },
+    "lda-mixture": {
+        "online_norm": True,
+        "online_norm_center_prior": 0.3,
+        "ncm_temperature": 5.0,
+        "gnb_temperature": 2.0,
+        "lda_temperature": 1.0,
+        "lda_var_prior": 3.0,
+        "ncm_share_decay": 30.0,
+        "bias_input": 3.0,
+        "backward_pass": True,
+        "batch_average": "full",
+    },
 }
 
 
@@ -102,7 +114,10 @@ def _session(graph: object) -> ort.InferenceSession:
 def step_parity(
     model: ModelFile, sess: ort.InferenceSession, p: int, e: int, sizes: list[int], steps: int, tol: float = TOL
 ) -> float:
-    """Max |ORT - torch| over ``steps`` consecutive steps, each from the torch state; asserts ``tol``."""
+    """Max |ORT - torch| over ``steps`` consecutive steps, each from the torch state; asserts ``tol``.
+
+    The mixture's class sums and scatter grow with the stream: theirs is relative to their largest entry (>= 1).
+    """
     config = model.config
     names = state_names(config)
     cfg = config.replace(hidden=tuple(sizes[1:-1]))
@@ -120,6 +135,8 @@ def step_parity(
         for name, g, r in zip([*names, "logits"], got, ref, strict=True):
             assert g.shape == tuple(r.shape), name
             err = float(np.abs(g - r.numpy()).max())
+            if name.startswith(("ncm_", "lda_")):  # the mixture's growing sums: float32 rounding relative to their size
+                err /= max(1.0, float(r.abs().max()))
             assert err <= tol, f"step {t}: {name} differs by {err}"
             worst = max(worst, err)
         state = dict(zip(names, ref[: len(names)], strict=True))

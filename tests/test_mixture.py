@@ -76,7 +76,7 @@ def test_state_layout_and_initial_values() -> None:
 
 
 def _expert(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int, which: int = 0) -> torch.Tensor:
-    """[T, P, E, B] one expert's logits along a stream (0: NCM, 1: GNB), updated with each step's labels."""
+    """[T, P, E, B] one expert's logits along a stream (0: NCM, 1: GNB, 2: LDA), updated with each step's labels."""
     p, e, a = x.shape[1:]
     mean, sq = torch.zeros(p, e, a, dtype=DT), torch.ones(p, e, a, dtype=DT)
     ncm = mixture.initial_ncm(mean, torch.zeros(p, e, b, dtype=DT), config)
@@ -84,9 +84,9 @@ def _expert(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int, which:
     for t in range(x.shape[0]):
         tt = torch.full((p, e), float(t), dtype=DT)
         _, mean, sq = online_standardize(x[t], mean, sq, tt, config)
-        experts = mixture.expert_logits(x[t], mean, sq, tt, ncm, config)
+        experts, directions = mixture.expert_logits(x[t], mean, sq, tt, ncm, config)
         _, lp = mixture.mix(torch.zeros_like(experts[0]), experts, ncm[2])
-        ncm = mixture.ncm_update(x[t], labels_to_onehot(y[t], b, DT), lp, ncm, tt, config)
+        ncm = mixture.ncm_update(x[t], labels_to_onehot(y[t], b, DT), lp, ncm, tt, config, directions)
         out.append(experts[which])
     return torch.stack(out)
 

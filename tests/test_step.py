@@ -17,7 +17,8 @@ from vsml_train.model.step import Impl, step
 
 DT = torch.float64
 
-# the NCM mixture on top of online_norm (docs/model.md §3.5); "gnb_mixture" adds the third expert to it
+# the NCM mixture on top of online_norm (docs/model.md §3.5); "gnb_mixture" adds the third expert to it,
+# "lda_mixture" the fourth
 NCM_MIXTURE = {
     "online_norm": True,
     "online_norm_prior": 3.0,
@@ -27,6 +28,16 @@ NCM_MIXTURE = {
     "ncm_share": 0.2,
     "bias_input": 1.0,
     "backward_pass": True,
+}
+# the three-expert mixture: GNB with pooled variances and a class prior, a decaying share, E averaged
+GNB_MIXTURE = {
+    **NCM_MIXTURE,
+    "ncm_share_decay": 1.5,
+    "ncm_net_scale": 0.7,
+    "gnb_temperature": 1.5,
+    "gnb_class_prior": 0.6,
+    "gnb_var_prior": 2.0,
+    "batch_average": "full",
 }
 # every option of the config, each switched away from its default at least once
 CONFIGS: dict[str, dict] = {
@@ -76,15 +87,14 @@ CONFIGS: dict[str, dict] = {
         "hidden": (2,),
     },
     "ncm_mixture": NCM_MIXTURE,
-    # the three-expert mixture: GNB with pooled variances and a class prior, a decaying share, E averaged
-    "gnb_mixture": {
-        **NCM_MIXTURE,
-        "ncm_share_decay": 1.5,
-        "ncm_net_scale": 0.7,
-        "gnb_temperature": 1.5,
-        "gnb_class_prior": 0.6,
-        "gnb_var_prior": 2.0,
-        "batch_average": "full",
+    "gnb_mixture": GNB_MIXTURE,
+    # the four-expert mixture: LDA with the full pooled covariance; 5 conjugate-gradient iterations > A = 3
+    # reach the oracle's exact solution
+    "lda_mixture": {
+        **GNB_MIXTURE,
+        "lda_temperature": 0.8,
+        "lda_var_prior": 2.5,
+        "lda_iterations": 5,
     },
     "error_decay_only": {"error_decay_steps": 2.0, "error_decay_power": 1.0, "feed_label": False},
 }

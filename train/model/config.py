@@ -101,6 +101,15 @@ class VSMLConfig:
         gnb_class_prior: its Dirichlet pseudo-examples per class (alpha > 0).
         gnb_var_prior: pseudo-examples (nu > 0) that shrink each feature's
             within-class variance toward the features' common spread.
+        lda_temperature: when set (tau_l), a fourth expert joins the mixture:
+            linear discriminant analysis with the full pooled within-class
+            covariance, shrunk toward each feature's own variance, at
+            temperature tau_l (docs/model.md §3.5); needs ``gnb_temperature``
+            (it shares the GNB expert's class prior).
+        lda_var_prior: pseudo-examples (nu_l > 0) of that shrinkage.
+        lda_iterations: conjugate-gradient iterations per step (>= 1) that
+            refine the discriminant directions, warm-started from the last
+            step's (docs/model.md §3.5).
         error_scale: multiplier of the error channel of the output's backward message.
         error_decay_steps: when set (tau), the error channel is further scaled by
             (1 + t / tau) ** -error_decay_power at step t: an annealed step size
@@ -143,6 +152,9 @@ class VSMLConfig:
     gnb_temperature: float | None = None
     gnb_class_prior: float = 3.0
     gnb_var_prior: float = 10.0
+    lda_temperature: float | None = None
+    lda_var_prior: float = 3.0
+    lda_iterations: int = 2
     error_scale: float = 1.0
     error_decay_steps: float | None = None
     error_decay_power: float = 0.5
@@ -188,13 +200,17 @@ class VSMLConfig:
             errors.append(f"ncm_shrink must be a finite number > 0, got {self.ncm_shrink}")
         if not (math.isfinite(self.ncm_share) and 0 < self.ncm_share < 1):
             errors.append(f"ncm_share must lie in (0, 1), got {self.ncm_share}")
-        for name in ("ncm_share_decay", "gnb_temperature"):
+        for name in ("ncm_share_decay", "gnb_temperature", "lda_temperature"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 errors.append(f"{name} must be a finite number > 0 or None, got {v}")
         if self.gnb_temperature is not None and tau is None:
             errors.append("gnb_temperature needs ncm_temperature (the third expert of the NCM mixture)")
-        for name in ("gnb_class_prior", "gnb_var_prior", "ncm_net_scale"):
+        if self.lda_temperature is not None and self.gnb_temperature is None:
+            errors.append("lda_temperature needs gnb_temperature (the fourth expert shares its class prior)")
+        if not (isinstance(self.lda_iterations, int) and 1 <= self.lda_iterations <= 64):
+            errors.append(f"lda_iterations must be an integer in [1, 64], got {self.lda_iterations!r}")
+        for name in ("gnb_class_prior", "gnb_var_prior", "lda_var_prior", "ncm_net_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 errors.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.error_scale) and self.error_scale > 0):
@@ -215,10 +231,10 @@ class VSMLConfig:
 
     @property
     def n_experts(self) -> int:
-        """Z, the experts of the output mixture (docs/model.md §3.5): 0 without it, else 2 or 3."""
+        """Z, the experts of the output mixture (docs/model.md §3.5): 0 without it, else 2, 3 or 4."""
         if self.ncm_temperature is None:
             return 0
-        return 3 if self.gnb_temperature is not None else 2
+        return 2 + (self.gnb_temperature is not None) + (self.lda_temperature is not None)
 
     @property
     def counts_steps(self) -> bool:

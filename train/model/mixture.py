@@ -27,6 +27,19 @@ nearest-class-mean ignores which features separate the classes and how
 often each class occurs, this expert weighs both: it is the stronger one on
 tables with informative features of unequal spread or skewed classes.
 
+With ``config.lda_temperature`` = tau_l set, expert 3 is linear discriminant
+analysis with the full pooled within-class covariance: Sigma = (W + nu_l D) /
+(m + nu_l), W the pooled within-class scatter of the raw features, D the
+diagonal of each feature's own variance (so the expert does not depend on the
+features' units), nu_l = ``lda_var_prior``; logits tau_l ((x - c)' v_b -
+(m_b - c)' v_b / 2) + the GNB expert's class prior, v_b ~ Sigma^-1 (m_b - c)
+the discriminant directions, refined by ``lda_iterations`` steps of
+Jacobi-preconditioned conjugate gradients per step from the last step's (a
+warm start: Sigma and the means move a little per example). Where the GNB
+expert treats the features as independent, this one sees their
+correlations: on tables of correlated measurements (sizes, ratios) it is the
+stronger one from the first examples.
+
 The weights w_t are the Bayesian posterior of "expert k is the best
 predictor" under fixed share (Herbster & Warmuth 1998): after each labelled
 step, w <- w * p_k(y) / sum_j w_j p_j(y), then w <- (1 - s_t) w + s_t / Z,
@@ -38,7 +51,9 @@ The state (``VSMLState.ncm``): the class sums of the raw features
 [P, E, B, A], the class counts [P, E, B], log w [P, E, Z] and, with the GNB
 expert, the pooled within-class sum of squares of each feature [P, E, A];
 every example of a learner holds the same copy (the step's E examples are
-pooled).
+pooled). With the LDA expert, also the pooled within-class scatter W
+[P, A, A] and the directions v [P, A, B], one per learner (no E axis: A x A
+per example would be waste).
 """
 
 from __future__ import annotations
@@ -54,8 +69,10 @@ from torch import Tensor
 from .cell import centre_and_var, fan_in
 from .config import VSMLConfig
 
-# (ncm_sum [P, E, B, A], ncm_count [P, E, B], mix_logw [P, E, Z]) and, with the GNB expert,
-# ncm_within [P, E, A]
+_TINY = 1e-30  # keeps the conjugate-gradient ratios finite once a residual is exactly 0
+
+# (ncm_sum [P, E, B, A], ncm_count [P, E, B], mix_logw [P, E, Z]), with the GNB expert
+# ncm_within [P, E, A], and with the LDA expert lda_scatter [P, A, A] and lda_dir [P, A, B]
 NCMState = tuple[Tensor, ...]
 
 
@@ -68,7 +85,11 @@ def initial_ncm(x_mean: Tensor, classes: Tensor, config: VSMLConfig) -> NCMState
     logw = torch.stack([zero] * z, dim=-1) + math.log(1 / z)
     if config.gnb_temperature is None:
         return sums, counts, logw
-    return sums, counts, logw, torch.zeros_like(x_mean)
+    out = (sums, counts, logw, torch.zeros_like(x_mean))
+    if config.lda_temperature is None:
+        return out
+    x0 = torch.zeros_like(x_mean[:, 0])  # [P, A]
+    return (*out, x0.unsqueeze(-1) * x0.unsqueeze(-2), x0.unsqueeze(-1) * counts[:, 0].unsqueeze(-2))
 
 
 def _class_distances(
@@ -101,27 +122,77 @@ def _class_distances(
 
 def expert_logits(
     x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
-) -> list[Tensor]:
+) -> tuple[list[Tensor], Tensor | None]:
     """The logits [P, E, B] of the Z - 1 experts beside the network, in the order of ``mix_logw``.
 
     Arguments as ``_class_distances``. NCM: -tau * mean_a sq. GNB (with ``gnb_temperature``): with
     v_a = (W_a + nu s2) / (m + nu) + eps, W [P, E, A] the pooled within-class sum of squares and m the
     labelled examples so far, -tau_g * mean_a (x - m_b)_a^2 / v_a = -tau_g * mean_a sq_a (s2 + eps) / v_a,
-    plus the log of the class frequencies with alpha pseudo-examples each.
+    plus the log of the class frequencies with alpha pseudo-examples each. LDA (with
+    ``lda_temperature``): ``_lda_logits``. Also returns the LDA expert's refined directions [P, A, B]
+    for ``ncm_update`` (None without it).
     """
     assert config.ncm_temperature is not None
     sq, spread = _class_distances(x, x_mean, x_sq, t, ncm, config)
     out = [-config.ncm_temperature * sq.mean(-1)]
+    directions = None
     if config.gnb_temperature is not None:
-        assert len(ncm) == 4
-        _, counts, _, within = ncm
+        _, counts, _, within = ncm[:4]
         seen = counts.sum(-1, keepdim=True)  # [P, E, 1] labelled examples
         nu, alpha = config.gnb_var_prior, config.gnb_class_prior
         var = (within + nu * spread) / (seen + nu) + config.online_norm_eps  # [P, E, A]
         d = (sq * ((spread + config.online_norm_eps) / var).unsqueeze(2)).mean(-1)  # [P, E, B]
         prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
         out.append(-config.gnb_temperature * d + prior)
-    return out
+        if config.lda_temperature is not None:
+            lda, directions = _lda_logits(x, x_mean, x_sq, t, ncm, config)
+            out.append(lda + prior)
+    return out, directions
+
+
+def _lda_logits(
+    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
+) -> tuple[Tensor, Tensor]:
+    """The LDA expert's logits without the class prior [P, E, B], and its refined directions v [P, A, B].
+
+    Sigma = (W + nu_l D) / (m + nu_l), D = diag(var_a + eps) the features' own variance (the online
+    standardisation's, without its prior), W [P, A, A] the pooled within-class scatter, m the labelled
+    examples; u_b = m_b - c [P, A, B] the shrunk class means about the centre c. v starts from the
+    last step's directions and takes ``lda_iterations`` steps of conjugate gradients on Sigma v = u,
+    preconditioned by Sigma's diagonal, every class its own step sizes (Hestenes & Stiefel 1952).
+    Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant, whose terms common to all
+    classes are dropped (they cancel in the softmax).
+    """
+    sums, counts, scatter, v = ncm[0][:, 0], ncm[1][:, 0], ncm[4], ncm[5]  # [P, B, A], [P, B], ...
+    n = (t + 1) * fan_in(x, 1)
+    centre, var = centre_and_var(x_mean, x_sq, n, config)
+    centre = centre[:, 0]  # [P, A]: every example holds the same moments
+    prior = (config.online_norm_prior / (n[:, :1] + config.online_norm_prior))  # [P, 1]
+    d = torch.clamp(var[:, 0] - prior, min=0.0) + config.online_norm_eps  # [P, A]: x_sq - mean^2 without the prior
+    u = ((sums - counts.unsqueeze(-1) * centre.unsqueeze(1)) / (counts + config.ncm_shrink).unsqueeze(-1)).transpose(1, 2)
+    nu = config.lda_var_prior
+    scale = (counts.sum(-1, keepdim=True) + nu).unsqueeze(-1)  # [P, 1, 1]: m + nu
+
+    def sigma(p: Tensor) -> Tensor:  # Sigma p for p [P, A, B]
+        return (scatter @ p + nu * d.unsqueeze(-1) * p) / scale
+
+    diag = ((ncm[3][:, 0] + nu * d) / scale.squeeze(-1)).unsqueeze(-1)  # [P, A, 1]: W's diagonal is the GNB's within
+    r = u - sigma(v)
+    z = r / diag
+    p = z
+    rz = (r * z).sum(1, keepdim=True)  # [P, 1, B]
+    for _ in range(config.lda_iterations):
+        q = sigma(p)
+        alpha = rz / ((p * q).sum(1, keepdim=True) + _TINY)
+        v = v + alpha * p
+        r = r - alpha * q
+        z = r / diag
+        rz_new = (r * z).sum(1, keepdim=True)
+        p = z + rz_new / (rz + _TINY) * p
+        rz = rz_new
+    lin = (x - centre.unsqueeze(1)) @ v  # [P, E, B]
+    quad = 0.5 * (u * v).sum(1).unsqueeze(1)  # [P, 1, B]
+    return config.lda_temperature * (lin - quad), v
 
 
 def mix(net_logits: Tensor, experts: Sequence[Tensor], logw: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
@@ -148,11 +219,35 @@ def _within_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, within: T
     return within + (m2 + k * (xbar - mu).pow(2)).sum(2)
 
 
-def ncm_update(x: Tensor, y: Tensor, lp: Sequence[Tensor], ncm: NCMState, t: Tensor, config: VSMLConfig) -> NCMState:
+def _scatter_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, scatter: Tensor) -> Tensor:
+    """The pooled within-class scatter [P, A, A] after the step's labels: ``_within_update`` with outer products.
+
+    Class b gains sum_e y_eb (x_e - xbar_b)(x_e - xbar_b)' + n_b m_b / (n_b + m_b) (xbar_b - mu_b)(xbar_b - mu_b)'.
+    """
+    m = y.sum(1)  # [P, B]
+    xbar = (y.transpose(1, 2) @ x) / torch.clamp(m, min=1.0).unsqueeze(-1)  # [P, B, A]
+    dev = (x - y @ xbar) * y.sum(-1, keepdim=True)  # [P, E, A]: about the example's class mean; 0 unlabelled
+    n = counts[:, 0]
+    mu = sums[:, 0] / torch.clamp(n, min=1.0).unsqueeze(-1)  # [P, B, A]
+    k = torch.clamp(n * m / torch.clamp(n + m, min=1.0), min=0.0)  # [P, B] (>= 0 for any state given)
+    between = (xbar - mu) * torch.sqrt(k).unsqueeze(-1)  # [P, B, A]
+    return scatter + dev.transpose(1, 2) @ dev + between.transpose(1, 2) @ between
+
+
+def ncm_update(
+    x: Tensor,
+    y: Tensor,
+    lp: Sequence[Tensor],
+    ncm: NCMState,
+    t: Tensor,
+    config: VSMLConfig,
+    directions: Tensor | None = None,
+) -> NCMState:
     """The mixture state after the step's labels y [P, E, B] (all-zero rows: no label).
 
     x: [P, E, A] raw features; lp: the experts' log-probabilities [P, E, B] from ``mix``;
-    t: [P, E] the steps before this one (for ``ncm_share_decay``).
+    t: [P, E] the steps before this one (for ``ncm_share_decay``); directions: the LDA expert's
+    refined v [P, A, B] from ``expert_logits`` (with ``lda_temperature``).
     """
     sums, counts, logw = ncm[0], ncm[1], ncm[2]
     new_sums = sums + (y.unsqueeze(-1) * x.unsqueeze(2)).sum(1, keepdim=True)  # [P, 1, B, A] to every example
@@ -167,4 +262,8 @@ def ncm_update(x: Tensor, y: Tensor, lp: Sequence[Tensor], ncm: NCMState, t: Ten
     out = (new_sums, new_counts, torch.log(w).expand_as(logw))
     if config.gnb_temperature is None:
         return out
-    return (*out, _within_update(x, y, sums, counts, ncm[3]))
+    out = (*out, _within_update(x, y, sums, counts, ncm[3]))
+    if config.lda_temperature is None:
+        return out
+    assert directions is not None
+    return (*out, _scatter_update(x, y, sums, counts, ncm[4]), directions)

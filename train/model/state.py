@@ -14,9 +14,12 @@ learner, A_k / B_k the inputs / outputs of layer k, N state, M message.
     mix_logw    [P, E, Z]            (only with ``ncm_temperature``; ``mixture``)
     ncm_within  [P, E, A]            pooled within-class sum of squares (only with
                                      ``gnb_temperature``, the third expert)
+    lda_scatter [P, A, A]            pooled within-class scatter and the discriminant
+    lda_dir     [P, A, B]            directions, one per learner (only with
+                                     ``lda_temperature``, the fourth expert)
 
 The flat names (``h_0``, ``c_0``, ``bwd_0``, ``t``, ``x_mean``, ``x_sq``, ``ncm_sum``,
-``ncm_count``, ``mix_logw``, ``ncm_within``) are
+``ncm_count``, ``mix_logw``, ``ncm_within``, ``lda_scatter``, ``lda_dir``) are
 the ONNX input and output names of the exported step.
 """
 
@@ -34,13 +37,15 @@ from .params import Params
 
 NCM_NAMES = ("ncm_sum", "ncm_count", "mix_logw")
 GNB_NAMES = ("ncm_within",)
+LDA_NAMES = ("lda_scatter", "lda_dir")
 
 
 def ncm_names(config: VSMLConfig) -> tuple[str, ...]:
     """The mixture's state names for ``config`` (none without ``ncm_temperature``)."""
     if config.ncm_temperature is None:
         return ()
-    return NCM_NAMES + (GNB_NAMES if config.gnb_temperature is not None else ())
+    gnb = GNB_NAMES if config.gnb_temperature is not None else ()
+    return NCM_NAMES + gnb + (LDA_NAMES if config.lda_temperature is not None else ())
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class VSMLState:
     bwd: tuple[Tensor, ...]
     t: Tensor | None = None
     norm: tuple[Tensor, Tensor] | None = None  # (x_mean, x_sq) [P, E, A] with online_norm
-    ncm: NCMState | None = None  # (ncm_sum, ncm_count, mix_logw[, ncm_within]) with ncm_temperature
+    ncm: NCMState | None = None  # (ncm_sum, ncm_count, mix_logw[, ncm_within[, lda_scatter, lda_dir]])
 
     def to_dict(self) -> dict[str, Tensor]:
         """Flat ``{name: tensor}`` with the ONNX names."""
@@ -67,7 +72,7 @@ class VSMLState:
         if self.norm is not None:
             d["x_mean"], d["x_sq"] = self.norm
         if self.ncm is not None:
-            d.update(zip(NCM_NAMES + GNB_NAMES[: len(self.ncm) - len(NCM_NAMES)], self.ncm, strict=True))
+            d.update(zip((NCM_NAMES + GNB_NAMES + LDA_NAMES)[: len(self.ncm)], self.ncm, strict=True))
         return d
 
     @classmethod

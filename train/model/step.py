@@ -126,8 +126,9 @@ def step(
     if ncm is not None:  # the output: the NCM mixture's log-probabilities (docs/model.md §3.5)
         assert norm is not None and t is not None
         net = logits if config.ncm_net_scale == 1.0 else logits * config.ncm_net_scale  # the network expert
-        logits, lp = mix(net, expert_logits(x_raw, norm[0], norm[1], t, ncm, config), ncm[2])
-        ncm = ncm_update(x_raw, y, lp, ncm, t, config)
+        experts, directions = expert_logits(x_raw, norm[0], norm[1], t, ncm, config)
+        logits, lp = mix(net, experts, ncm[2])
+        ncm = ncm_update(x_raw, y, lp, ncm, t, config, directions)
     if config.backward_pass:
         # backward tick: layers K..1 on (x_t, e_t); errors reach every layer now
         bwd_in = err
