@@ -224,7 +224,9 @@ def reference_mixture(
             assert direc is not None
             # one learner, one expert: from the first example's moments and step count (in a run every
             # example of a learner holds the same ones)
-            u, v, c0 = _lda_directions(config, sums[p, 0], counts[p, 0], ncm[4][p], norm[0][p, 0], norm[1][p, 0], t[p, 0], E)
+            u, v, c0 = _lda_directions(
+                config, sums[p, 0], counts[p, 0], ncm[4][p], norm[0][p, 0], norm[1][p, 0], t[p, 0], E
+            )
             for a in range(A):
                 for b in range(B):
                     direc[p, a, b] = v[a][b]
@@ -337,7 +339,10 @@ def _lda_directions(
         for i in range(a_n)
     ]
     u = [
-        [(float(sums[b, a]) - float(counts[b]) * centre[a]) / (float(counts[b]) + config.ncm_shrink) for b in range(b_n)]
+        [
+            (float(sums[b, a]) - float(counts[b]) * centre[a]) / (float(counts[b]) + config.ncm_shrink)
+            for b in range(b_n)
+        ]
         for a in range(a_n)
     ]
     return u, _solve(sigma, u), centre

@@ -139,5 +139,8 @@ def test_runtime_lda_learner_keeps_its_scatter_resumes_exactly_and_pools(lda_onn
     batched = Learner(lda_onnx, a, b, seed=1, examples_per_step=4)
     batched.learn_stream(x[:16].reshape(4, 4, a), y[:16].reshape(4, 4))
     np.testing.assert_allclose(
-        batched.state_dict()["state.lda_scatter"][0], _pooled_scatter(x[:16].astype(np.float64), y[:16], b), rtol=1e-4, atol=1e-4
+        batched.state_dict()["state.lda_scatter"][0],
+        _pooled_scatter(x[:16].astype(np.float64), y[:16], b),
+        rtol=1e-4,
+        atol=1e-4,
     )

@@ -167,9 +167,10 @@ def _lda_logits(
     n = (t + 1) * fan_in(x, 1)
     centre, var = centre_and_var(x_mean, x_sq, n, config)
     centre = centre[:, 0]  # [P, A]: every example holds the same moments
-    prior = (config.online_norm_prior / (n[:, :1] + config.online_norm_prior))  # [P, 1]
+    prior = config.online_norm_prior / (n[:, :1] + config.online_norm_prior)  # [P, 1]
     d = torch.clamp(var[:, 0] - prior, min=0.0) + config.online_norm_eps  # [P, A]: x_sq - mean^2 without the prior
-    u = ((sums - counts.unsqueeze(-1) * centre.unsqueeze(1)) / (counts + config.ncm_shrink).unsqueeze(-1)).transpose(1, 2)
+    shrunk = (sums - counts.unsqueeze(-1) * centre.unsqueeze(1)) / (counts + config.ncm_shrink).unsqueeze(-1)
+    u = shrunk.transpose(1, 2)  # [P, A, B]
     nu = config.lda_var_prior
     scale = (counts.sum(-1, keepdim=True) + nu).unsqueeze(-1)  # [P, 1, 1]: m + nu
 
@@ -220,18 +221,19 @@ def _within_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, within: T
 
 
 def _scatter_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, scatter: Tensor) -> Tensor:
-    """The pooled within-class scatter [P, A, A] after the step's labels: ``_within_update`` with outer products.
+    """The pooled within-class scatter [P, A, A] after the step's labels, one rank-E product.
 
-    Class b gains sum_e y_eb (x_e - xbar_b)(x_e - xbar_b)' + n_b m_b / (n_b + m_b) (xbar_b - mu_b)(xbar_b - mu_b)'.
+    A class with n examples of mean mu gaining examples x_e (new mean mu') adds
+    sum_e (x_e - mu')(x_e - mu')' + n (mu' - mu)(mu' - mu)' = sum_e (x_e - mu)(x_e - mu')' (Welford's
+    form, merged per class: it is ``_within_update``'s Chan merge written with the two means).
     """
     m = y.sum(1)  # [P, B]
-    xbar = (y.transpose(1, 2) @ x) / torch.clamp(m, min=1.0).unsqueeze(-1)  # [P, B, A]
-    dev = (x - y @ xbar) * y.sum(-1, keepdim=True)  # [P, E, A]: about the example's class mean; 0 unlabelled
     n = counts[:, 0]
-    mu = sums[:, 0] / torch.clamp(n, min=1.0).unsqueeze(-1)  # [P, B, A]
-    k = torch.clamp(n * m / torch.clamp(n + m, min=1.0), min=0.0)  # [P, B] (>= 0 for any state given)
-    between = (xbar - mu) * torch.sqrt(k).unsqueeze(-1)  # [P, B, A]
-    return scatter + dev.transpose(1, 2) @ dev + between.transpose(1, 2) @ between
+    new_sums = sums[:, 0] + y.transpose(1, 2) @ x  # [P, B, A]
+    mu = sums[:, 0] / torch.clamp(n, min=1.0).unsqueeze(-1)  # [P, B, A] (any value for an unseen class)
+    mu_new = new_sums / torch.clamp(n + m, min=1.0).unsqueeze(-1)
+    before = (x - y @ mu) * y.sum(-1, keepdim=True)  # [P, E, A]: 0 for an unlabelled example
+    return scatter + before.transpose(1, 2) @ (x - y @ mu_new)
 
 
 def ncm_update(
