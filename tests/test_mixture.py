@@ -274,6 +274,13 @@ def test_three_experts_stay_inside_the_decaying_share_bounds(seed: int, big: flo
     assert float(w.min()) >= lo
 
 
+def assert_resumes_exactly(learner: Learner, x: np.ndarray, y: np.ndarray, path: Path) -> None:
+    """Saved to ``path`` and loaded, the learner goes on exactly as the original on the rest of the stream."""
+    learner.save(path)
+    restored = Learner.load(path)
+    assert np.array_equal(learner.learn_stream(x, y), restored.learn_stream(x, y))
+
+
 @pytest.fixture(scope="module")
 def ncm_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tmp(tmp_path_factory.mktemp("ncm"), CONFIG)
@@ -289,9 +296,7 @@ def test_runtime_learner_keeps_the_class_counts_and_resumes_exactly(ncm_onnx: Pa
         _, proba = learner.learn(x[t], int(y[t]), return_proba=True)
         np.testing.assert_allclose(proba.sum(), 1.0, rtol=1e-6)
     np.testing.assert_allclose(learner.state_dict()["state.ncm_count"][0, 0], np.bincount(y[:25], minlength=b))
-    learner.save(tmp_path / "s.npz")
-    restored = Learner.load(tmp_path / "s.npz")
-    assert np.array_equal(learner.learn_stream(x[25:], y[25:]), restored.learn_stream(x[25:], y[25:]))
+    assert_resumes_exactly(learner, x[25:], y[25:], tmp_path / "s.npz")
 
 
 def test_runtime_pool_equals_single_learners(ncm_onnx: Path) -> None:
@@ -322,7 +327,5 @@ def test_runtime_gnb_learner_resumes_exactly_and_pools(gnb_onnx: Path, tmp_path:
     learner.learn_stream(x[:18], y[:18])
     want = _pooled_within(x[:18].astype(np.float64), y[:18], b)
     np.testing.assert_allclose(learner.state_dict()["state.ncm_within"][0, 0], want, rtol=1e-4)
-    learner.save(tmp_path / "s.npz")
-    restored = Learner.load(tmp_path / "s.npz")
-    assert np.array_equal(learner.learn_stream(x[18:], y[18:]), restored.learn_stream(x[18:], y[18:]))
+    assert_resumes_exactly(learner, x[18:], y[18:], tmp_path / "s.npz")
     assert_pool_equals_single_learners(gnb_onnx)

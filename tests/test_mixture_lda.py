@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_front_ends import assert_pool_equals_single_learners
-from tests.test_mixture import GNB, _expert
+from tests.test_mixture import GNB, _expert, assert_resumes_exactly
 from tests.test_runtime_learner import export_tmp
 from vsml_runtime import Learner
 from vsml_train.model.episode import run_episode
@@ -132,9 +132,7 @@ def test_runtime_lda_learner_keeps_its_scatter_resumes_exactly_and_pools(lda_onn
     learner.learn_stream(x[:18], y[:18])
     want = _pooled_scatter(x[:18].astype(np.float64), y[:18], b)
     np.testing.assert_allclose(learner.state_dict()["state.lda_scatter"][0], want, rtol=1e-4, atol=1e-4)
-    learner.save(tmp_path / "s.npz")
-    restored = Learner.load(tmp_path / "s.npz")
-    assert np.array_equal(learner.learn_stream(x[18:], y[18:]), restored.learn_stream(x[18:], y[18:]))
+    assert_resumes_exactly(learner, x[18:], y[18:], tmp_path / "s.npz")
     assert_pool_equals_single_learners(lda_onnx)
     batched = Learner(lda_onnx, a, b, seed=1, examples_per_step=4)
     batched.learn_stream(x[:16].reshape(4, 4, a), y[:16].reshape(4, 4))
