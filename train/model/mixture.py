@@ -92,27 +92,41 @@ def initial_ncm(x_mean: Tensor, classes: Tensor, config: VSMLConfig) -> NCMState
     return (*out, x0.unsqueeze(-1) * x0.unsqueeze(-2), x0.unsqueeze(-1) * counts[:, 0].unsqueeze(-2))
 
 
-def _class_distances(
-    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
+def _centre_and_own_var(
+    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, config: VSMLConfig
 ) -> tuple[Tensor, Tensor]:
-    """The squared standardised differences to every class mean, and the features' spread.
+    """The centre c of docs/model.md §3.4 and each feature's variance over the examples alone, [P, E, A] each.
 
     Args:
         x: [P, E, A] raw features of this step (before its labels).
         x_mean, x_sq: [P, E, A] the online standardisation's moments counting this step's examples.
         t: [P, E] the steps before this one.
-        ncm: the mixture's state (class sums and counts).
     Returns:
-        (sq [P, E, B, A] = ((x - c) g - (S_b - n_b c) g / (n_b + kappa))^2, s2 [P, E, 1]): c the
-        centre of docs/model.md §3.4, s2 the features' mean variance over the examples alone (without
-        the prior's unit variance, there to keep rare features from blowing up, which one scale for
-        all features does not need), g = 1 / sqrt(s2 + eps); class b's mean shrunk toward c by kappa.
+        (c, max(x_sq - q / (n + q) - x_mean^2, 0)): the variance without the prior's unit variance
+        (there to keep rare features from blowing up, which the experts' own scales do not need).
     """
-    sums, counts = ncm[0], ncm[1]
     n = (t + 1) * fan_in(x, 1)
     centre, _ = centre_and_var(x_mean, x_sq, n, config)
     prior = (config.online_norm_prior / (n + config.online_norm_prior)).unsqueeze(-1)  # [P, E, 1]
-    spread = torch.clamp(x_sq - prior - x_mean * x_mean, min=0.0).mean(-1, keepdim=True)
+    return centre, torch.clamp(x_sq - prior - x_mean * x_mean, min=0.0)
+
+
+def _class_distances(
+    x: Tensor, centre: Tensor, own_var: Tensor, ncm: NCMState, config: VSMLConfig
+) -> tuple[Tensor, Tensor]:
+    """The squared standardised differences to every class mean, and the features' spread.
+
+    Args:
+        x: [P, E, A] raw features of this step (before its labels).
+        centre, own_var: [P, E, A] from ``_centre_and_own_var``.
+        ncm: the mixture's state (class sums and counts).
+    Returns:
+        (sq [P, E, B, A] = ((x - c) g - (S_b - n_b c) g / (n_b + kappa))^2, s2 [P, E, 1]): s2 the
+        features' mean variance over the examples alone, g = 1 / sqrt(s2 + eps); class b's mean
+        shrunk toward c by kappa.
+    """
+    sums, counts = ncm[0], ncm[1]
+    spread = own_var.mean(-1, keepdim=True)
     scale = torch.rsqrt(spread + config.online_norm_eps)  # [P, E, 1]
     z = (x - centre) * scale  # [P, E, A]
     n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
@@ -125,15 +139,16 @@ def expert_logits(
 ) -> tuple[list[Tensor], Tensor | None]:
     """The logits [P, E, B] of the Z - 1 experts beside the network, in the order of ``mix_logw``.
 
-    Arguments as ``_class_distances``. NCM: -tau * mean_a sq. GNB (with ``gnb_temperature``): with
-    v_a = (W_a + nu s2) / (m + nu) + eps, W [P, E, A] the pooled within-class sum of squares and m the
-    labelled examples so far, -tau_g * mean_a (x - m_b)_a^2 / v_a = -tau_g * mean_a sq_a (s2 + eps) / v_a,
-    plus the log of the class frequencies with alpha pseudo-examples each. LDA (with
-    ``lda_temperature``): ``_lda_logits``. Also returns the LDA expert's refined directions [P, A, B]
-    for ``ncm_update`` (None without it).
+    Arguments as ``_centre_and_own_var``, and the mixture's state. NCM: -tau * mean_a sq. GNB (with
+    ``gnb_temperature``): with v_a = (W_a + nu s2) / (m + nu) + eps, W [P, E, A] the pooled
+    within-class sum of squares and m the labelled examples so far, -tau_g * mean_a (x - m_b)_a^2 / v_a
+    = -tau_g * mean_a sq_a (s2 + eps) / v_a, plus the log of the class frequencies with alpha
+    pseudo-examples each. LDA (with ``lda_temperature``): ``_lda_logits``. Also returns the LDA
+    expert's refined directions [P, A, B] for ``ncm_update`` (None without it).
     """
     assert config.ncm_temperature is not None
-    sq, spread = _class_distances(x, x_mean, x_sq, t, ncm, config)
+    centre, own_var = _centre_and_own_var(x, x_mean, x_sq, t, config)
+    sq, spread = _class_distances(x, centre, own_var, ncm, config)
     out = [-config.ncm_temperature * sq.mean(-1)]
     directions = None
     if config.gnb_temperature is not None:
@@ -145,30 +160,25 @@ def expert_logits(
         prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
         out.append(-config.gnb_temperature * d + prior)
         if config.lda_temperature is not None:
-            lda, directions = _lda_logits(x, x_mean, x_sq, t, ncm, config)
+            lda, directions = _lda_logits(x, centre, own_var, ncm, config)
             out.append(lda + prior)
     return out, directions
 
 
-def _lda_logits(
-    x: Tensor, x_mean: Tensor, x_sq: Tensor, t: Tensor, ncm: NCMState, config: VSMLConfig
-) -> tuple[Tensor, Tensor]:
+def _lda_logits(x: Tensor, centre: Tensor, own_var: Tensor, ncm: NCMState, config: VSMLConfig) -> tuple[Tensor, Tensor]:
     """The LDA expert's logits without the class prior [P, E, B], and its refined directions v [P, A, B].
 
-    Sigma = (W + nu_l D) / (m + nu_l), D = diag(var_a + eps) the features' own variance (the online
-    standardisation's, without its prior), W [P, A, A] the pooled within-class scatter, m the labelled
-    examples; u_b = m_b - c [P, A, B] the shrunk class means about the centre c. v starts from the
-    last step's directions and takes ``lda_iterations`` steps of conjugate gradients on Sigma v = u,
-    preconditioned by Sigma's diagonal, every class its own step sizes (Hestenes & Stiefel 1952).
-    Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant, whose terms common to all
-    classes are dropped (they cancel in the softmax).
+    Sigma = (W + nu_l D) / (m + nu_l), D = diag(own_var_a + eps) the features' own variance (without the
+    online standardisation's prior; every example holds the same, the first's is used), W [P, A, A] the
+    pooled within-class scatter, m the labelled examples; u_b = m_b - c [P, A, B] the shrunk class means
+    about the centre c. v starts from the last step's directions and takes ``lda_iterations`` steps of
+    conjugate gradients on Sigma v = u, preconditioned by Sigma's diagonal, every class its own step
+    sizes (Hestenes & Stiefel 1952). Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant,
+    whose terms common to all classes are dropped (they cancel in the softmax).
     """
     sums, counts, scatter, v = ncm[0][:, 0], ncm[1][:, 0], ncm[4], ncm[5]  # [P, B, A], [P, B], ...
-    n = (t + 1) * fan_in(x, 1)
-    centre, var = centre_and_var(x_mean, x_sq, n, config)
     centre = centre[:, 0]  # [P, A]: every example holds the same moments
-    prior = config.online_norm_prior / (n[:, :1] + config.online_norm_prior)  # [P, 1]
-    d = torch.clamp(var[:, 0] - prior, min=0.0) + config.online_norm_eps  # [P, A]: x_sq - mean^2 without the prior
+    d = own_var[:, 0] + config.online_norm_eps  # [P, A]
     shrunk = (sums - counts.unsqueeze(-1) * centre.unsqueeze(1)) / (counts + config.ncm_shrink).unsqueeze(-1)
     u = shrunk.transpose(1, 2)  # [P, A, B]
     nu = config.lda_var_prior
@@ -220,18 +230,18 @@ def _within_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, within: T
     return within + (m2 + k * (xbar - mu).pow(2)).sum(2)
 
 
-def _scatter_update(x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, scatter: Tensor) -> Tensor:
+def _scatter_update(
+    x: Tensor, y: Tensor, sums: Tensor, counts: Tensor, new_sums: Tensor, new_counts: Tensor, scatter: Tensor
+) -> Tensor:
     """The pooled within-class scatter [P, A, A] after the step's labels, one rank-E product.
 
-    A class with n examples of mean mu gaining examples x_e (new mean mu') adds
-    sum_e (x_e - mu')(x_e - mu')' + n (mu' - mu)(mu' - mu)' = sum_e (x_e - mu)(x_e - mu')' (Welford's
-    form, merged per class: it is ``_within_update``'s Chan merge written with the two means).
+    sums, counts / new_sums, new_counts: the class sums [P, E, B, A] and counts [P, E, B] before and
+    after the step (``ncm_update``'s). A class with n examples of mean mu gaining examples x_e (new
+    mean mu') adds sum_e (x_e - mu')(x_e - mu')' + n (mu' - mu)(mu' - mu)' = sum_e (x_e - mu)(x_e - mu')'
+    (Welford's form, merged per class: it is ``_within_update``'s Chan merge written with the two means).
     """
-    m = y.sum(1)  # [P, B]
-    n = counts[:, 0]
-    new_sums = sums[:, 0] + y.transpose(1, 2) @ x  # [P, B, A]
-    mu = sums[:, 0] / torch.clamp(n, min=1.0).unsqueeze(-1)  # [P, B, A] (any value for an unseen class)
-    mu_new = new_sums / torch.clamp(n + m, min=1.0).unsqueeze(-1)
+    mu = sums[:, 0] / torch.clamp(counts[:, 0], min=1.0).unsqueeze(-1)  # [P, B, A] (any value when unseen)
+    mu_new = new_sums[:, 0] / torch.clamp(new_counts[:, 0], min=1.0).unsqueeze(-1)
     before = (x - y @ mu) * y.sum(-1, keepdim=True)  # [P, E, A]: 0 for an unlabelled example
     return scatter + before.transpose(1, 2) @ (x - y @ mu_new)
 
@@ -268,4 +278,4 @@ def ncm_update(
     if config.lda_temperature is None:
         return out
     assert directions is not None
-    return (*out, _scatter_update(x, y, sums, counts, ncm[4]), directions)
+    return (*out, _scatter_update(x, y, sums, counts, new_sums, new_counts, ncm[4]), directions)
