@@ -1,4 +1,4 @@
-"""One step graph from two traces of the same step: an ONNX ``If`` on the size of the state picks one.
+"""One graph from two traces of the same step (or init): an ONNX ``If`` on the sizes picks one.
 
 ``visit_onnx_rows`` (``vsml_train.model.visit_onnx``) runs the micro ticks in
 cache-sized blocks of rows: faster on large grids, slower on small ones (each
@@ -8,6 +8,11 @@ branches of one ``If`` whose condition, the number of floats in the cell
 states h_k, is computed from the input shapes. ONNX Runtime folds that
 condition and inlines the chosen branch when a session fixes the sizes
 (``vsml_runtime.sessions.specialised``), so a learner runs only its branch.
+
+``features_switch`` does the same for the LDA expert's size limit
+(``lda_max_features``): one trace with the expert, one without (its state
+empty), chosen by the number of input features; each branch may itself be a
+``size_switch``.
 """
 
 from __future__ import annotations
@@ -30,15 +35,45 @@ def _branch(model: onnx.ModelProto, prefix: str, outputs: list[str]) -> onnx.Gra
     return g
 
 
+def _check_same_signature(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    ins = [(i.name, i.type) for i in a.graph.input]
+    outs = [o.name for o in a.graph.output]
+    if ins != [(i.name, i.type) for i in b.graph.input] or outs != [o.name for o in b.graph.output]:
+        raise ValueError("switch: the two traces differ in their inputs or outputs")
+
+
+def _if_model(
+    cond_nodes: list[onnx.NodeProto],
+    cond: str,
+    limit: onnx.TensorProto,
+    then: tuple[onnx.ModelProto, str],
+    other: tuple[onnx.ModelProto, str],
+) -> onnx.ModelProto:
+    """One ``If`` on ``cond`` (computed by ``cond_nodes``) between two traces; the first's inputs and metadata."""
+    first = then[0]
+    outs = [o.name for o in first.graph.output]
+    node = helper.make_node(
+        "If",
+        [cond],
+        outs,
+        name=f"{cond}/if",
+        then_branch=_branch(then[0], then[1], outs),
+        else_branch=_branch(other[0], other[1], outs),
+    )
+    graph = helper.make_graph(
+        [*cond_nodes, node], first.graph.name, list(first.graph.input), list(first.graph.output), initializer=[limit]
+    )
+    out = helper.make_model(graph, opset_imports=list(first.opset_import), ir_version=first.ir_version)
+    out.producer_name, out.producer_version = first.producer_name, first.producer_version
+    return out
+
+
 def size_switch(small: onnx.ModelProto, large: onnx.ModelProto, h_names: list[str]) -> onnx.ModelProto:
     """``large``'s graph where the inputs ``h_names`` hold >= ``BLOCKED_FROM_FLOATS`` floats, else ``small``'s.
 
     Both models must have the same inputs and outputs (names, order, types) and opsets.
     """
-    ins = [(i.name, i.type) for i in small.graph.input]
-    outs = [o.name for o in small.graph.output]
-    if ins != [(i.name, i.type) for i in large.graph.input] or outs != [o.name for o in large.graph.output]:
-        raise ValueError("size_switch: the two traces differ in their inputs or outputs")
+    _check_same_signature(small, large)
     nodes, sizes = [], []
     for k, name in enumerate(h_names):
         nodes.append(helper.make_node("Shape", [name], [f"switch/shape_{k}"]))
@@ -50,19 +85,29 @@ def size_switch(small: onnx.ModelProto, large: onnx.ModelProto, h_names: list[st
         total = f"switch/total_{k}"
     limit = helper.make_tensor("switch/limit", onnx.TensorProto.INT64, [], [BLOCKED_FROM_FLOATS])
     nodes.append(helper.make_node("GreaterOrEqual", [total, "switch/limit"], ["switch/blocked"]))
-    nodes.append(
+    return _if_model(nodes, "switch/blocked", limit, (large, "rows/"), (small, "plain/"))
+
+
+def features_switch(
+    within: onnx.ModelProto, above: onnx.ModelProto, shaped: str, axis: int, offset: int, max_features: int
+) -> onnx.ModelProto:
+    """``within``'s graph where the features A <= ``max_features``, else ``above``'s (the LDA expert's size limit).
+
+    A is read from the input ``shaped``: its size along ``axis`` minus ``offset`` (the bias inputs when
+    that axis is the first layer's grid). Both models must have the same inputs and outputs.
+    """
+    _check_same_signature(within, above)
+    nodes = [
+        helper.make_node("Shape", [shaped], ["lda_switch/shape"]),
+        helper.make_node("Gather", ["lda_switch/shape", "lda_switch/axis"], ["lda_switch/size"]),
+        helper.make_node("Sub", ["lda_switch/size", "lda_switch/offset"], ["lda_switch/features"]),
+        helper.make_node("LessOrEqual", ["lda_switch/features", "lda_switch/limit"], ["lda_switch/within"]),
+    ]
+    consts = [
         helper.make_node(
-            "If",
-            ["switch/blocked"],
-            outs,
-            name="switch/if_large",
-            then_branch=_branch(large, "rows/", outs),
-            else_branch=_branch(small, "plain/", outs),
+            "Constant", [], [f"lda_switch/{k}"], value=helper.make_tensor(k, onnx.TensorProto.INT64, [], [v])
         )
-    )
-    graph = helper.make_graph(
-        nodes, small.graph.name, list(small.graph.input), list(small.graph.output), initializer=[limit]
-    )
-    out = helper.make_model(graph, opset_imports=list(small.opset_import), ir_version=small.ir_version)
-    out.producer_name, out.producer_version = small.producer_name, small.producer_version
-    return out
+        for k, v in (("axis", axis), ("offset", offset))
+    ]
+    limit = helper.make_tensor("lda_switch/limit", onnx.TensorProto.INT64, [], [max_features])
+    return _if_model([*consts, *nodes], "lda_switch/within", limit, (within, "lda/"), (above, "nolda/"))

@@ -30,7 +30,7 @@ from vsml_train.model.visit_onnx import row_blocks
 
 from .module import InitModule, StepModule
 from .options import ExportError, ExportOptions
-from .switch import size_switch
+from .switch import features_switch, size_switch
 
 # sizes the graphs are traced at: all distinct and different from N, M and 1,
 # so that no tracer can confuse two axes or bake a size-1 special case
@@ -58,6 +58,15 @@ NCM_LAYOUT = {
     "lda_scatter": ("P", fmt.FEATURES_AXIS, fmt.FEATURES_AXIS),  # one per learner: no E axis
     "lda_dir": ("P", fmt.FEATURES_AXIS, "B"),
 }
+# the LDA expert's feature axis under ``lda_max_features``: A up to the limit, 0 above (format.StateSpec)
+LDA_AXIS = "L"
+
+
+def _ncm_axes(name: str, config: VSMLConfig) -> tuple[str, ...]:
+    axes = NCM_LAYOUT[name]
+    if name.startswith("lda_") and config.lda_max_features is not None:
+        return tuple(LDA_AXIS if a == fmt.FEATURES_AXIS else a for a in axes)
+    return axes
 
 
 def state_spec(config: VSMLConfig) -> fmt.StateSpec:
@@ -72,7 +81,7 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
             layout[name] = ("P", "E", fmt.FEATURES_AXIS)
             continue
         if name in NCM_LAYOUT:  # the NCM mixture's class sums, counts and expert weights
-            layout[name] = NCM_LAYOUT[name]
+            layout[name] = _ncm_axes(name, config)
             continue
         kind, k = name.rsplit("_", 1)
         k_i = int(k)
@@ -84,8 +93,16 @@ def state_spec(config: VSMLConfig) -> fmt.StateSpec:
     if config.ncm_temperature is not None:
         dims["Z"] = config.n_experts  # the mixture's experts, the network's first
     dims.update({s: h for s, h in zip(sizes[1:-1], config.hidden, strict=True)})
+    limits = {}
+    if config.lda_temperature is not None and config.lda_max_features is not None:
+        limits[LDA_AXIS] = config.lda_max_features
     return fmt.StateSpec(
-        names=tuple(state_names(config)), layout=layout, sizes=tuple(sizes), dims=dims, bias_inputs=config.n_bias_inputs
+        names=tuple(state_names(config)),
+        layout=layout,
+        sizes=tuple(sizes),
+        dims=dims,
+        bias_inputs=config.n_bias_inputs,
+        feature_limits=limits,
     )
 
 
@@ -197,8 +214,32 @@ def _to_onnx(
     raise ExportError(f"unknown exporter {options.exporter!r}; expected 'dynamo' or 'legacy'")
 
 
+def _lda_branches(config: VSMLConfig) -> tuple[VSMLConfig, VSMLConfig] | None:
+    """With ``lda_max_features``: the configs of the two traces, with the LDA expert at any size and without it."""
+    if config.lda_temperature is None or config.lda_max_features is None:
+        return None
+    return config.replace(lda_max_features=None), config.replace(lda_max_features=0)
+
+
 def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
-    """The step graph (no metadata yet)."""
+    """The step graph (no metadata yet).
+
+    With ``lda_max_features``, two traces (the LDA expert running, and absent with its empty state passed
+    through) under one ``If`` on the number of features (``switch.features_switch``).
+    """
+    branches = _lda_branches(config)
+    if branches is None:
+        return _trace_step(params, config, config, options)
+    if options.exporter != "legacy":
+        raise ExportError("lda_max_features needs the legacy exporter (torch.export rejects an empty state axis)")
+    within, above = (_trace_step(params, config, c, options) for c in branches)
+    return features_switch(within, above, fmt.X_NAME, 2, 0, config.lda_max_features)  # type: ignore[arg-type]
+
+
+def _trace_step(
+    params: dict[str, Tensor], config: VSMLConfig, math_config: VSMLConfig, options: ExportOptions
+) -> onnx.ModelProto:
+    """One trace of the step: ``config``'s names and axes, ``math_config``'s step (an LDA branch's)."""
     spec = state_spec(config)
     names = list(spec.names)
     inputs = [*names, fmt.X_NAME, fmt.Y_NAME]
@@ -206,11 +247,11 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     axes = [dict(enumerate(spec.layout[n])) for n in names]
     axes = [{i: a for i, a in ax.items() if a not in ("N", "M", "Z")} for ax in axes]  # fixed by the config
     axes += [{0: "P", 1: "E", 2: fmt.FEATURES_AXIS}, {0: "P", 1: "E"}]
-    args = step_args(params, config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
+    args = step_args(params, math_config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
 
     def trace(impl: Impl) -> onnx.ModelProto:
         with _quiet(), torch.no_grad():
-            module = StepModule(params, config, impl=impl).eval()
+            module = StepModule(params, math_config, impl=impl).eval()
             return _to_onnx(module, args, inputs, outputs, axes, options)
 
     if not options.tuned:
@@ -224,7 +265,18 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
 
 
 def trace_init(params: dict[str, Tensor], config: VSMLConfig, options: ExportOptions) -> onnx.ModelProto:
-    """The init graph (no metadata yet)."""
+    """The init graph (no metadata yet); with ``lda_max_features`` two traces under one ``If`` as the step's."""
+    branches = _lda_branches(config)
+    if branches is None:
+        return _trace_init(params, config, config, options)
+    within, above = (_trace_init(params, config, c, options) for c in branches)
+    noise = init_spec(config).noise_inputs[0]  # [P, A_0, B_0, H]: A_0 the features and the bias inputs
+    return features_switch(within, above, noise, 1, config.n_bias_inputs, config.lda_max_features)  # type: ignore[arg-type]
+
+
+def _trace_init(
+    params: dict[str, Tensor], config: VSMLConfig, math_config: VSMLConfig, options: ExportOptions
+) -> onnx.ModelProto:
     spec = state_spec(config)
     ispec = init_spec(config)
     sizes = trace_sizes(config)
@@ -235,5 +287,5 @@ def trace_init(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     args = (*noise, torch.zeros(_TRACE_E))
     axes = [{0: "P", 1: spec.sizes[k], 2: spec.sizes[k + 1]} for k in range(config.n_layers)] + [{0: "E"}]
     with _quiet(), torch.no_grad():
-        module = InitModule(params, config).eval()
+        module = InitModule(params, math_config).eval()
         return _to_onnx(module, args, [*ispec.noise_inputs, fmt.EXAMPLES_NAME], list(spec.names), axes, options)

@@ -22,6 +22,24 @@ from .trace import step_args
 # sizes the exported graph is verified at (different from the trace sizes)
 _VERIFY_SIZES = ((1, 1, 4, 2, (3, 4, 5, 3, 4, 5)), (3, 2, 10, 3, (5, 2, 7, 2, 3, 2)))
 VERIFY_TOL = 1e-4
+# with lda_max_features: a size just above the limit too (the branch without the LDA expert) where small
+_ABOVE_LIMIT_UP_TO = 1024
+
+
+def verify_sizes(config: VSMLConfig) -> tuple[tuple[int, int, int, int, tuple[int, ...]], ...]:
+    """(P, E, A, B, hidden) to verify at: ``_VERIFY_SIZES``; with ``lda_max_features``, sizes on both sides of it.
+
+    A = the limit + 1 when no size is above it (and that is small), A = the limit when none is within it.
+    """
+    limit = config.lda_max_features if config.lda_temperature is not None else None
+    sizes = list(_VERIFY_SIZES)
+    if limit is None:
+        return tuple(sizes)
+    if not any(a > limit for _, _, a, _, _ in sizes) and limit < _ABOVE_LIMIT_UP_TO:
+        sizes.append((2, 1, limit + 1, 3, (2, 3, 2, 3, 2, 3)))
+    if not any(a <= limit for _, _, a, _, _ in sizes) and limit >= 1:
+        sizes.append((2, 2, limit, 2, (3, 2, 3, 2, 3, 2)))
+    return tuple(sizes)
 
 
 def _ort_session(graph: onnx.ModelProto):
@@ -52,7 +70,7 @@ def verify(
     init_sess = _ort_session(init_graph)
     names = state_names(config)
     worst = 0.0
-    for i, (p, e, a, b, hidden) in enumerate(_VERIFY_SIZES):
+    for i, (p, e, a, b, hidden) in enumerate(verify_sizes(config)):
         sizes = [a, *hidden[: len(config.hidden)], b]
         args = step_args(params, config, p, e, sizes, seed=10 + i)
         state = dict(zip(names, args[: len(names)], strict=True))

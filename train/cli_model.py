@@ -47,6 +47,7 @@ SETTABLE = (
     "lda_temperature",
     "lda_var_prior",
     "lda_iterations",
+    "lda_max_features",
     "error_scale",
     "error_decay_steps",
     "error_decay_power",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ class FormatError(ValueError):
 
 # bounds of the metadata a runtime accepts (far beyond any exported model)
 MAX_DIM = 1 << 16  # N, M, H, hidden sizes
+MAX_FEATURE_LIMIT = 1 << 20  # a feature-limited state axis's limit (the config's lda_max_features)
 MIN_INIT_MASS = 0.5  # the init noise range must hold at least half the normal's mass (the exporter's +-2: 95%)
 
 
@@ -94,7 +95,9 @@ class StateSpec:
 
     ``layout[name]`` lists the axes of each tensor: "P", "E", size names from
     ``sizes`` (first = features "A", last = classes "B", hidden layers
-    between) and fixed sizes "N" / "M" given in ``dims``.
+    between) and fixed sizes "N" / "M" given in ``dims``. An axis in
+    ``feature_limits`` (e.g. "L": 256, the LDA expert's) is the features A
+    where A <= its limit and 0 above it: that state is empty on larger inputs.
     """
 
     names: tuple[str, ...]
@@ -103,19 +106,20 @@ class StateSpec:
     dims: dict[str, int]  # fixed: N, M, H, and the config's hidden sizes H1.. as defaults
     dtype: str = "float32"
     bias_inputs: int = 0  # constant inputs the graph appends to the A features (axis A holds A + this)
+    feature_limits: dict[str, int] = field(default_factory=dict)  # axis -> A up to the limit, else 0
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "names": list(self.names),
-                "layout": {k: list(v) for k, v in self.layout.items()},
-                "sizes": list(self.sizes),
-                "dims": self.dims,
-                "dtype": self.dtype,
-                "bias_inputs": self.bias_inputs,
-            },
-            sort_keys=True,
-        )
+        d: dict[str, object] = {
+            "names": list(self.names),
+            "layout": {k: list(v) for k, v in self.layout.items()},
+            "sizes": list(self.sizes),
+            "dims": self.dims,
+            "dtype": self.dtype,
+            "bias_inputs": self.bias_inputs,
+        }
+        if self.feature_limits:  # (absent from files made before it existed)
+            d["feature_limits"] = self.feature_limits
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> StateSpec:
@@ -127,6 +131,7 @@ class StateSpec:
             dims={k: int(v) for k, v in d["dims"].items()},
             dtype=d.get("dtype", "float32"),
             bias_inputs=int(d.get("bias_inputs", 0)),
+            feature_limits={k: int(v) for k, v in d.get("feature_limits", {}).items()},
         )
 
     def resolve(self, n_features: int, n_classes: int, n_learners: int, n_examples: int) -> dict[str, tuple[int, ...]]:
@@ -135,7 +140,12 @@ class StateSpec:
         dims.update({self.sizes[-1]: n_classes, "P": n_learners, "E": n_examples})
         dims[self.sizes[0]] = n_features + self.bias_inputs
         dims.setdefault(FEATURES_AXIS, n_features)  # the features alone (per-feature state, e.g. online_norm)
+        dims.update(self.limited_dims(n_features))
         return {name: tuple(dims[a] for a in self.layout[name]) for name in self.names}
+
+    def limited_dims(self, n_features: int) -> dict[str, int]:
+        """The ``feature_limits`` axes' sizes at ``n_features``: A up to each limit, else 0."""
+        return {axis: n_features if n_features <= limit else 0 for axis, limit in self.feature_limits.items()}
 
     def layer_sizes(self, n_features: int, n_classes: int) -> list[int]:
         """[A (+ bias inputs), hidden..., B] for the given data shape: the grids of the layers."""
@@ -286,7 +296,12 @@ def _check_state(spec: StateSpec, where: str) -> None:
             raise FormatError(f"{where}: state dim {key} must be an integer in [1, {MAX_DIM}], got {v!r}")
     if set(spec.layout) != set(names):
         raise FormatError(f"{where}: the state layout must name exactly the state tensors")
-    known = {"P", "E", FEATURES_AXIS, spec.sizes[0], spec.sizes[-1], *spec.dims}
+    for axis, limit in spec.feature_limits.items():
+        if not (isinstance(axis, str) and axis) or axis in spec.dims or axis in spec.sizes or axis in ("P", "E"):
+            raise FormatError(f"{where}: feature-limited axis {axis!r} clashes with another axis")
+        if not isinstance(limit, int) or not 0 <= limit <= MAX_FEATURE_LIMIT:
+            raise FormatError(f"{where}: the limit of axis {axis!r} must be an integer in [0, {MAX_FEATURE_LIMIT}]")
+    known = {"P", "E", FEATURES_AXIS, spec.sizes[0], spec.sizes[-1], *spec.dims, *spec.feature_limits}
     for name, axes in spec.layout.items():
         if not axes or any(not isinstance(a, str) or a not in known for a in axes):
             raise FormatError(f"{where}: state tensor {name!r} has unknown axes {axes!r}")

@@ -110,6 +110,11 @@ class VSMLConfig:
         lda_iterations: conjugate-gradient iterations per step (>= 1) that
             refine the discriminant directions, warm-started from the last
             step's (docs/model.md §3.5).
+        lda_max_features: when set, the LDA expert runs only on inputs of at
+            most this many features (0: never); above it its state is empty
+            ([P, 0, 0] and [P, 0, B]) and the mixture is the other experts'
+            alone, so the [A, A] products cost nothing on large inputs. None:
+            any size.
         error_scale: multiplier of the error channel of the output's backward message.
         error_decay_steps: when set (tau), the error channel is further scaled by
             (1 + t / tau) ** -error_decay_power at step t: an annealed step size
@@ -155,6 +160,7 @@ class VSMLConfig:
     lda_temperature: float | None = None
     lda_var_prior: float = 3.0
     lda_iterations: int = 2
+    lda_max_features: int | None = None
     error_scale: float = 1.0
     error_decay_steps: float | None = None
     error_decay_power: float = 0.5
@@ -210,6 +216,9 @@ class VSMLConfig:
             errors.append("lda_temperature needs gnb_temperature (the fourth expert shares its class prior)")
         if not (isinstance(self.lda_iterations, int) and 1 <= self.lda_iterations <= 64):
             errors.append(f"lda_iterations must be an integer in [1, 64], got {self.lda_iterations!r}")
+        limit = self.lda_max_features
+        if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and 0 <= limit <= 2**20):
+            errors.append(f"lda_max_features must be an integer in [0, 2**20] or None, got {limit!r}")
         for name in ("gnb_class_prior", "gnb_var_prior", "lda_var_prior", "ncm_net_scale"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
                 errors.append(f"{name} must be a finite number > 0, got {getattr(self, name)}")

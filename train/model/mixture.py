@@ -76,19 +76,38 @@ _TINY = 1e-30  # keeps the conjugate-gradient ratios finite once a residual is e
 NCMState = tuple[Tensor, ...]
 
 
+def lda_runs(config: VSMLConfig, n_features: int) -> bool:
+    """Whether the LDA expert runs on inputs of ``n_features``: with ``lda_temperature``, up to ``lda_max_features``.
+
+    Where it does not, its state is empty (L = 0 in ``lda_scatter`` [P, L, L] and ``lda_dir`` [P, L, B]);
+    ``vsml_runtime.format.StateSpec.resolve`` computes L from the limit in the model's metadata.
+    """
+    if config.lda_temperature is None:
+        return False
+    limit = config.lda_max_features
+    return limit is None or (limit > 0 and bool(n_features <= limit))
+
+
 def initial_ncm(x_mean: Tensor, classes: Tensor, config: VSMLConfig) -> NCMState:
-    """The empty mixture state: x_mean [P, E, A] and any [P, E, B] tensor give the shapes (traceable)."""
+    """The empty mixture state: x_mean [P, E, A] and any [P, E, B] tensor give the shapes (traceable).
+
+    The weights start uniform over the experts that run at this size: log(1 / Z') for the first Z'
+    (``mix_logw`` keeps Z entries; an expert that does not run, the LDA expert above its size limit,
+    holds an unused 0).
+    """
     sums = torch.zeros_like(classes).unsqueeze(-1) * x_mean.unsqueeze(2)  # [P, E, B, A]
     counts = torch.zeros_like(classes)
     zero = torch.zeros_like(classes[..., 0])  # [P, E]
-    z = config.n_experts
-    logw = torch.stack([zero] * z, dim=-1) + math.log(1 / z)
+    runs = lda_runs(config, x_mean.shape[-1])
+    active = config.n_experts - int(config.lda_temperature is not None and not runs)
+    logw = [zero + math.log(1 / active)] * active + [zero] * (config.n_experts - active)
+    out = (sums, counts, torch.stack(logw, dim=-1))
     if config.gnb_temperature is None:
-        return sums, counts, logw
-    out = (sums, counts, logw, torch.zeros_like(x_mean))
+        return out
+    out = (*out, torch.zeros_like(x_mean))
     if config.lda_temperature is None:
         return out
-    x0 = torch.zeros_like(x_mean[:, 0])  # [P, A]
+    x0 = torch.zeros_like(x_mean[:, 0] if runs else x_mean[:, 0, :0])  # [P, L] (no slice to trace when L = A)
     return (*out, x0.unsqueeze(-1) * x0.unsqueeze(-2), x0.unsqueeze(-1) * counts[:, 0].unsqueeze(-2))
 
 
@@ -159,7 +178,7 @@ def expert_logits(
         d = (sq * ((spread + config.online_norm_eps) / var).unsqueeze(2)).mean(-1)  # [P, E, B]
         prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
         out.append(-config.gnb_temperature * d + prior)
-        if config.lda_temperature is not None:
+        if lda_runs(config, x.shape[-1]):
             lda, directions = _lda_logits(x, centre, own_var, ncm, config)
             out.append(lda + prior)
     return out, directions
@@ -207,9 +226,12 @@ def _lda_logits(x: Tensor, centre: Tensor, own_var: Tensor, ncm: NCMState, confi
 
 
 def mix(net_logits: Tensor, experts: Sequence[Tensor], logw: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """log p [P, E, B] and the experts' log-probabilities ([P, E, B] each, the network's first), log w [P, E, Z]."""
+    """log p [P, E, B] and the experts' log-probabilities ([P, E, B] each, the network's first).
+
+    logw: [P, E, Z] the weights' logs; only the first 1 + len(experts) are read (the experts that run).
+    """
     lps = (torch.log_softmax(net_logits, -1), *(torch.log_softmax(e, -1) for e in experts))
-    lw = torch.log_softmax(logw, -1)
+    lw = torch.log_softmax(logw[..., : len(lps)], -1)
     terms = [lw[..., k : k + 1] + lp for k, lp in enumerate(lps)]
     top = functools.reduce(torch.maximum, terms)  # log sum exp, written out (traces to plain ONNX ops)
     total = functools.reduce(operator.add, [torch.exp(term - top) for term in terms])
@@ -264,18 +286,23 @@ def ncm_update(
     sums, counts, logw = ncm[0], ncm[1], ncm[2]
     new_sums = sums + (y.unsqueeze(-1) * x.unsqueeze(2)).sum(1, keepdim=True)  # [P, 1, B, A] to every example
     new_counts = counts + y.sum(1, keepdim=True)
-    ll = torch.stack([(lp_k * y).sum(-1) for lp_k in lp], -1).sum(1, keepdim=True)  # [P, 1, Z]: log p_k(y)
-    w = torch.softmax(logw + ll, -1)
+    z = len(lp)  # the experts that ran; mix_logw's entries past them stay as they are
+    ll = torch.stack([(lp_k * y).sum(-1) for lp_k in lp], -1).sum(1, keepdim=True)  # [P, 1, Z']: log p_k(y)
+    w = torch.softmax(logw[..., :z] + ll, -1)
     labelled = (y.sum((1, 2)) > 0).to(w.dtype).reshape(-1, 1, 1)  # [P, 1, 1]: share only after a label
     share: Tensor | float = config.ncm_share
     if config.ncm_share_decay is not None:
         share = config.ncm_share / (1 + t[:, :1].unsqueeze(-1) / config.ncm_share_decay)  # [P, 1, 1]
-    w = w + labelled * share * (1 / len(lp) - w)
-    out = (new_sums, new_counts, torch.log(w).expand_as(logw))
+    w = w + labelled * share * (1 / z - w)
+    new_logw = torch.log(w).expand_as(logw[..., :z])
+    if z < logw.shape[-1]:
+        new_logw = torch.cat([new_logw, logw[..., z:]], -1)
+    out = (new_sums, new_counts, new_logw)
     if config.gnb_temperature is None:
         return out
     out = (*out, _within_update(x, y, sums, counts, ncm[3]))
     if config.lda_temperature is None:
         return out
-    assert directions is not None
+    if directions is None:  # the LDA expert does not run at this size: its empty state passes through
+        return (*out, ncm[4], ncm[5])
     return (*out, _scatter_update(x, y, sums, counts, new_sums, new_counts, ncm[4]), directions)
