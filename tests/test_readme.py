@@ -52,8 +52,8 @@ SHELL: dict[str, tuple[str, str]] = {
     "vsml-eval vsml_runtime/assets/pretrained.pt --suite invariance": ("slow", " --steps 20 --streams 1"),
     "vsml-eval vsml_runtime/assets/pretrained.pt --suite dev-tables": ("slow", " --steps 20 --streams 1 --no-external"),
     "vsml-train --list-presets": ("run", ""),
-    "vsml-model set vsml_runtime/assets/pretrained.pt lda.pt lda_temperature=0.5 lda_var_prior=3 && vsml-export lda.pt "
-    "lda.onnx": ("run", ""),
+    "vsml-model set vsml_runtime/assets/pretrained.pt lda-all.pt lda_max_features=null && vsml-export lda-all.pt "
+    "lda-all.onnx": ("run", ""),
     "vsml-train --method bptt --preset bptt-cpu --out runs/bptt": ("options", ""),
     "vsml-train --method clone --preset clone-cpu --out runs/clone": ("options", ""),
     "vsml-train --method es --preset es-cpu --out runs/es": ("options", ""),

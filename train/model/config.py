@@ -113,7 +113,7 @@ class VSMLConfig:
         lda_max_features: when set, the LDA expert runs only on inputs of at
             most this many features (0: never); above it its state is empty
             ([P, 0, 0] and [P, 0, B]) and the mixture is the other experts'
-            alone, so the [A, A] products cost nothing on large inputs. None:
+            alone, so the [A, A] products are not paid for on large inputs. None:
             any size.
         error_scale: multiplier of the error channel of the output's backward message.
         error_decay_steps: when set (tau), the error channel is further scaled by

@@ -225,13 +225,18 @@ def _lda_logits(x: Tensor, centre: Tensor, own_var: Tensor, ncm: NCMState, confi
     return config.lda_temperature * (lin - quad), v
 
 
+def _first(logw: Tensor, z: int) -> Tensor:
+    """The first z entries of ``mix_logw`` [P, E, Z] (no slice to trace when that is all of them)."""
+    return logw if z == logw.shape[-1] else logw[..., :z]
+
+
 def mix(net_logits: Tensor, experts: Sequence[Tensor], logw: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
     """log p [P, E, B] and the experts' log-probabilities ([P, E, B] each, the network's first).
 
     logw: [P, E, Z] the weights' logs; only the first 1 + len(experts) are read (the experts that run).
     """
     lps = (torch.log_softmax(net_logits, -1), *(torch.log_softmax(e, -1) for e in experts))
-    lw = torch.log_softmax(logw[..., : len(lps)], -1)
+    lw = torch.log_softmax(_first(logw, len(lps)), -1)
     terms = [lw[..., k : k + 1] + lp for k, lp in enumerate(lps)]
     top = functools.reduce(torch.maximum, terms)  # log sum exp, written out (traces to plain ONNX ops)
     total = functools.reduce(operator.add, [torch.exp(term - top) for term in terms])
@@ -288,13 +293,13 @@ def ncm_update(
     new_counts = counts + y.sum(1, keepdim=True)
     z = len(lp)  # the experts that ran; mix_logw's entries past them stay as they are
     ll = torch.stack([(lp_k * y).sum(-1) for lp_k in lp], -1).sum(1, keepdim=True)  # [P, 1, Z']: log p_k(y)
-    w = torch.softmax(logw[..., :z] + ll, -1)
+    w = torch.softmax(_first(logw, z) + ll, -1)
     labelled = (y.sum((1, 2)) > 0).to(w.dtype).reshape(-1, 1, 1)  # [P, 1, 1]: share only after a label
     share: Tensor | float = config.ncm_share
     if config.ncm_share_decay is not None:
         share = config.ncm_share / (1 + t[:, :1].unsqueeze(-1) / config.ncm_share_decay)  # [P, 1, 1]
     w = w + labelled * share * (1 / z - w)
-    new_logw = torch.log(w).expand_as(logw[..., :z])
+    new_logw = torch.log(w).expand_as(_first(logw, z))
     if z < logw.shape[-1]:
         new_logw = torch.cat([new_logw, logw[..., z:]], -1)
     out = (new_sums, new_counts, new_logw)
