@@ -18,16 +18,51 @@ empty), chosen by the number of input features; each branch may itself be a
 from __future__ import annotations
 
 import onnx
-from onnx import compose, helper
+from onnx import helper
 
 # cell-state floats (P * E * sum_k A_k * B_k * N) from which the blocked trace is used; measured on one
 # core: 784 x 10 at N = 16 (125,440 floats) 5 % faster blocked, 64 x 10 (10,240) 27 % slower
 BLOCKED_FROM_FLOATS = 65_536
 
 
+def _defined(g: onnx.GraphProto) -> set[str]:
+    """Every name ``g`` defines: initializers and node outputs, in nested subgraphs too (not its inputs)."""
+    names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output if o}
+    for n in g.node:
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                names |= _defined(sub) | {i.name for i in sub.input}
+    return names
+
+
+def _rename(g: onnx.GraphProto, names: set[str], prefix: str) -> None:
+    """Prefix every use and definition of ``names`` in ``g`` and its subgraphs (in place).
+
+    Unlike ``onnx.compose.add_prefix_graph``, this also renames what a nested subgraph (a ``torch.cond``'s
+    ``If``) reads from the scopes around it.
+    """
+
+    def fix(name: str) -> str:
+        return prefix + name if name in names else name
+
+    for i in g.initializer:
+        i.name = fix(i.name)
+    for v in (*g.input, *g.output, *g.value_info):
+        v.name = fix(v.name)
+    for n in g.node:
+        n.name = prefix + n.name if n.name else n.name
+        n.input[:] = [fix(x) for x in n.input]
+        n.output[:] = [fix(x) for x in n.output]
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                _rename(sub, names, prefix)
+
+
 def _branch(model: onnx.ModelProto, prefix: str, outputs: list[str]) -> onnx.GraphProto:
     """The model's graph as an If branch: no inputs, every inner name prefixed, the outputs renamed."""
-    g = compose.add_prefix_graph(model.graph, prefix, rename_inputs=False)
+    g = onnx.GraphProto()
+    g.CopyFrom(model.graph)
+    _rename(g, _defined(g) | {o.name for o in g.output}, prefix)
     del g.input[:]
     for out, name in zip(g.output, outputs, strict=True):
         assert out.name == prefix + name
@@ -35,10 +70,13 @@ def _branch(model: onnx.ModelProto, prefix: str, outputs: list[str]) -> onnx.Gra
     return g
 
 
-def _check_same_signature(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
-    ins = [(i.name, i.type) for i in a.graph.input]
-    outs = [o.name for o in a.graph.output]
-    if ins != [(i.name, i.type) for i in b.graph.input] or outs != [o.name for o in b.graph.output]:
+def _check_same_signature(a: onnx.ModelProto, b: onnx.ModelProto, shapes: bool = True) -> None:
+    """ValueError unless both graphs have the same input names and types (``shapes``: with their shapes) and outputs."""
+
+    def sig(m: onnx.ModelProto) -> list[tuple[str, object]]:
+        return [(i.name, i.type if shapes else i.type.tensor_type.elem_type) for i in m.graph.input]
+
+    if sig(a) != sig(b) or [o.name for o in a.graph.output] != [o.name for o in b.graph.output]:
         raise ValueError("switch: the two traces differ in their inputs or outputs")
 
 
@@ -96,7 +134,7 @@ def features_switch(
     A is read from the input ``shaped``: its size along ``axis`` minus ``offset`` (the bias inputs when
     that axis is the first layer's grid). Both models must have the same inputs and outputs.
     """
-    _check_same_signature(within, above)
+    _check_same_signature(within, above, shapes=False)  # (the LDA state's axis may be fixed at 0 in ``above``)
     nodes = [
         helper.make_node("Shape", [shaped], ["lda_switch/shape"]),
         helper.make_node("Gather", ["lda_switch/shape", "lda_switch/axis"], ["lda_switch/size"]),

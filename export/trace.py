@@ -214,6 +214,19 @@ def _to_onnx(
     raise ExportError(f"unknown exporter {options.exporter!r}; expected 'dynamo' or 'legacy'")
 
 
+def _name_dims(model: onnx.ModelProto, names: list[str], axes: list[dict[int, str]]) -> onnx.ModelProto:
+    """The graph's inputs with their dynamic axes named as the state layout names them (in place).
+
+    torch.export names a size after the first input it met it in (the LDA state's L, equal to A in its
+    trace, becomes A's); the runtime fixes sizes by name, and L must stay free to be 0 where A is not.
+    """
+    by_name = dict(zip(names, axes, strict=True))
+    for value in model.graph.input:
+        for i, axis in by_name.get(value.name, {}).items():
+            value.type.tensor_type.shape.dim[i].dim_param = axis
+    return model
+
+
 def _lda_branches(config: VSMLConfig) -> tuple[VSMLConfig, VSMLConfig] | None:
     """With ``lda_max_features``: the configs of the two traces, with the LDA expert at any size and without it."""
     if config.lda_temperature is None or config.lda_max_features is None:
@@ -230,8 +243,6 @@ def trace_step(params: dict[str, Tensor], config: VSMLConfig, options: ExportOpt
     branches = _lda_branches(config)
     if branches is None:
         return _trace_step(params, config, config, options)
-    if options.exporter != "legacy":
-        raise ExportError("lda_max_features needs the legacy exporter (torch.export rejects an empty state axis)")
     within, above = (_trace_step(params, config, c, options) for c in branches)
     return features_switch(within, above, fmt.X_NAME, 2, 0, config.lda_max_features)  # type: ignore[arg-type]
 
@@ -245,14 +256,17 @@ def _trace_step(
     inputs = [*names, fmt.X_NAME, fmt.Y_NAME]
     outputs = [fmt.NEW_PREFIX + n for n in names] + [fmt.LOGITS_NAME]
     axes = [dict(enumerate(spec.layout[n])) for n in names]
-    axes = [{i: a for i, a in ax.items() if a not in ("N", "M", "Z")} for ax in axes]  # fixed by the config
+    fixed = ("N", "M", "Z")  # fixed by the config
+    if options.exporter == "dynamo" and math_config.lda_max_features == 0:
+        fixed += (LDA_AXIS,)  # the branch without the LDA expert: its state is empty (torch.export: no dynamic 0)
+    axes = [{i: a for i, a in ax.items() if a not in fixed} for ax in axes]
     axes += [{0: "P", 1: "E", 2: fmt.FEATURES_AXIS}, {0: "P", 1: "E"}]
     args = step_args(params, math_config, _TRACE_P, _TRACE_E, trace_sizes(config), seed=0)
 
     def trace(impl: Impl) -> onnx.ModelProto:
         with _quiet(), torch.no_grad():
             module = StepModule(params, math_config, impl=impl).eval()
-            return _to_onnx(module, args, inputs, outputs, axes, options)
+            return _name_dims(_to_onnx(module, args, inputs, outputs, axes, options), inputs, axes)
 
     if not options.tuned:
         return trace("blocked")

@@ -132,3 +132,18 @@ def test_runtime_learner_switches_at_the_limit(models: dict[str, Path], tmp_path
         learner.learn_stream(x[:18], y[:18])
         assert_resumes_exactly(learner, x[18:], y[18:], tmp_path / f"s{a}.npz")
     assert_pool_equals_single_learners(models["lim"])  # 6 features: above the limit
+
+
+@pytest.mark.slow
+def test_dynamo_export_of_the_limit_verifies(tmp_path: Path) -> None:
+    """torch.export's graphs hold a nested If (the batch averaging's torch.cond) that reads names from the
+    scope around it: the switch's branches must rename those reads too (``switch._rename``)."""
+    from vsml_export.exporter import ExportOptions, export_model
+    from vsml_train.model.model_file import ModelFile, save_model
+
+    config = LIMITED.replace(batch_average="full")
+    save_model(tmp_path / "m.pt", ModelFile(config, init_params(config, 0), {}))
+    result = export_model(tmp_path / "m.pt", tmp_path / "m.onnx", ExportOptions(exporter="dynamo"))
+    assert result.max_verify_error is not None and result.max_verify_error <= 1e-4
+    for a in (LIMIT, LIMIT + 2):  # both branches run in the runtime
+        Learner(result.step_path, a, 3, seed=0).learn_stream(np.ones((4, a), np.float32), np.arange(4) % 3)
