@@ -59,7 +59,7 @@ NCM_LAYOUT = {
     "lda_dir": ("P", fmt.FEATURES_AXIS, "B"),
 }
 # the LDA expert's feature axis under ``lda_max_features``: A up to the limit, 0 above (format.StateSpec)
-LDA_AXIS = "L"
+LDA_AXIS = "A_lda"
 
 
 def _ncm_axes(name: str, config: VSMLConfig) -> tuple[str, ...]:
@@ -217,8 +217,8 @@ def _to_onnx(
 def _name_dims(model: onnx.ModelProto, names: list[str], axes: list[dict[int, str]]) -> onnx.ModelProto:
     """The graph's inputs with their dynamic axes named as the state layout names them (in place).
 
-    torch.export names a size after the first input it met it in (the LDA state's L, equal to A in its
-    trace, becomes A's); the runtime fixes sizes by name, and L must stay free to be 0 where A is not.
+    torch.export names a size after the first input it met it in (the LDA state's A_lda, equal to A in
+    its trace, becomes A's); the runtime fixes sizes by name, and A_lda must stay free to be 0 where A is not.
     """
     by_name = dict(zip(names, axes, strict=True))
     for value in model.graph.input:

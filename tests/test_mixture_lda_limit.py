@@ -74,9 +74,9 @@ def test_torch_step_is_the_lda_mixture_within_the_limit_and_the_gnb_mixture_abov
 
 def test_state_spec_carries_the_limit_and_the_runtime_resolves_it() -> None:
     spec = state_spec(LIMITED)
-    assert spec.layout["lda_scatter"] == ("P", "L", "L") and spec.layout["lda_dir"] == ("P", "L", "B")
+    assert spec.layout["lda_scatter"] == ("P", "A_lda", "A_lda") and spec.layout["lda_dir"] == ("P", "A_lda", "B")
     again = fmt.StateSpec.from_json(spec.to_json())
-    assert again == spec and again.feature_limits == {"L": LIMIT}
+    assert again == spec and again.feature_limits == {"A_lda": LIMIT}
     assert again.resolve(LIMIT, 3, 2, 1)["lda_scatter"] == (2, LIMIT, LIMIT)
     assert again.resolve(LIMIT + 1, 3, 2, 1)["lda_dir"] == (2, 0, 3)
     assert "feature_limits" not in json.loads(state_spec(LDA).to_json())  # no limit: the format as before
@@ -85,7 +85,7 @@ def test_state_spec_carries_the_limit_and_the_runtime_resolves_it() -> None:
 
 @pytest.mark.parametrize(
     ("limits", "message"),
-    [({"L": -1}, "must be an integer"), ({"L": 2**21}, "must be an integer"), ({"N": 4}, "clashes")],
+    [({"A_lda": -1}, "must be an integer"), ({"A_lda": 2**21}, "must be an integer"), ({"N": 4}, "clashes")],
 )
 def test_format_rejects_a_bad_feature_limit(limits: dict, message: str) -> None:
     spec = state_spec(LIMITED)

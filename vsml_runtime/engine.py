@@ -159,7 +159,7 @@ class Engine:
         dims = {"P": p, "E": self.n_examples}
         dims.update(dict(zip(self.info.state.sizes, self.layer_sizes, strict=True)))
         dims[fmt.FEATURES_AXIS] = self.n_features  # x's axis (the first grid is A + 1 with a bias input)
-        # e.g. L, the LDA expert's features: fixed where the expert runs; where it does not (L = 0) left
+        # e.g. A_lda, the LDA expert's features: fixed where the expert runs; where it does not (0) left
         # symbolic, since ONNX Runtime infers the shapes of the If branch that is not taken as well
         dims.update({k: v for k, v in self.info.state.limited_dims(self.n_features).items() if v > 0})
         return dims

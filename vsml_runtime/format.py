@@ -96,7 +96,7 @@ class StateSpec:
     ``layout[name]`` lists the axes of each tensor: "P", "E", size names from
     ``sizes`` (first = features "A", last = classes "B", hidden layers
     between) and fixed sizes "N" / "M" given in ``dims``. An axis in
-    ``feature_limits`` (e.g. "L": 256, the LDA expert's) is the features A
+    ``feature_limits`` (e.g. "A_lda": 256, the LDA expert's) is the features A
     where A <= its limit and 0 above it: that state is empty on larger inputs.
     """
 

@@ -79,8 +79,8 @@ NCMState = tuple[Tensor, ...]
 def lda_runs(config: VSMLConfig, n_features: int) -> bool:
     """Whether the LDA expert runs on inputs of ``n_features``: with ``lda_temperature``, up to ``lda_max_features``.
 
-    Where it does not, its state is empty (L = 0 in ``lda_scatter`` [P, L, L] and ``lda_dir`` [P, L, B]);
-    ``vsml_runtime.format.StateSpec.resolve`` computes L from the limit in the model's metadata.
+    Where it does not, its state is empty (A_lda = 0 in ``lda_scatter`` [P, A_lda, A_lda] and ``lda_dir``
+    [P, A_lda, B]); ``vsml_runtime.format.StateSpec.resolve`` computes A_lda from the limit in the model's metadata.
     """
     if config.lda_temperature is None:
         return False
@@ -107,7 +107,7 @@ def initial_ncm(x_mean: Tensor, classes: Tensor, config: VSMLConfig) -> NCMState
     out = (*out, torch.zeros_like(x_mean))
     if config.lda_temperature is None:
         return out
-    x0 = torch.zeros_like(x_mean[:, 0] if runs else x_mean[:, 0, :0])  # [P, L] (no slice to trace when L = A)
+    x0 = torch.zeros_like(x_mean[:, 0] if runs else x_mean[:, 0, :0])  # [P, A_lda] (no slice to trace when A_lda = A)
     return (*out, x0.unsqueeze(-1) * x0.unsqueeze(-2), x0.unsqueeze(-1) * counts[:, 0].unsqueeze(-2))
 
 
