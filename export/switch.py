@@ -25,13 +25,16 @@ from onnx import helper
 BLOCKED_FROM_FLOATS = 65_536
 
 
+def _subgraphs(n: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs a node holds as attributes (an If's branches, a Loop's body)."""
+    return [g for a in n.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))]
+
+
 def _defined(g: onnx.GraphProto) -> set[str]:
     """Every name ``g`` defines: initializers and node outputs, in nested subgraphs too (not its inputs)."""
     names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output if o}
-    for n in g.node:
-        for a in n.attribute:
-            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                names |= _defined(sub) | {i.name for i in sub.input}
+    for sub in (sub for n in g.node for sub in _subgraphs(n)):
+        names |= _defined(sub) | {i.name for i in sub.input}
     return names
 
 
@@ -53,9 +56,8 @@ def _rename(g: onnx.GraphProto, names: set[str], prefix: str) -> None:
         n.name = prefix + n.name if n.name else n.name
         n.input[:] = [fix(x) for x in n.input]
         n.output[:] = [fix(x) for x in n.output]
-        for a in n.attribute:
-            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-                _rename(sub, names, prefix)
+        for sub in _subgraphs(n):
+            _rename(sub, names, prefix)
 
 
 def _branch(model: onnx.ModelProto, prefix: str, outputs: list[str]) -> onnx.GraphProto:
