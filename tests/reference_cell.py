@@ -251,12 +251,15 @@ def reference_mixture(
                     d_gnb.append(sum((float(x[p, e, a]) - centre[a] - proto[a]) ** 2 / var[a] for a in range(A)) / A)
                     alpha = config.gnb_class_prior
                     prior.append(math.log((nb + alpha) / (seen + B * alpha)))
+            # ncm_unseen_penalty: kappa nats off each class-mean expert's logit of a class with no label yet
+            kappa_u = config.ncm_unseen_penalty
+            pen = [kappa_u if kappa_u is not None and float(counts[p, e, b]) == 0 else 0.0 for b in range(B)]
             lps = [
                 torch.log_softmax(net[p, e] * config.ncm_net_scale, 0),
-                torch.log_softmax(-tau * torch.tensor(d, dtype=net.dtype), 0),
+                torch.log_softmax(torch.tensor([-tau * d[b] - pen[b] for b in range(B)], dtype=net.dtype), 0),
             ]
             if gnb:
-                g_logits = [-config.gnb_temperature * d_gnb[b] + prior[b] for b in range(B)]
+                g_logits = [-config.gnb_temperature * d_gnb[b] + prior[b] - pen[b] for b in range(B)]
                 lps.append(torch.log_softmax(torch.tensor(g_logits, dtype=net.dtype), 0))
             if lda:
                 assert config.lda_temperature is not None
@@ -264,13 +267,16 @@ def reference_mixture(
                     config.lda_temperature
                     * sum(((float(x[p, e, a]) - c0[a]) - 0.5 * u[a][b]) * v[a][b] for a in range(A))
                     + prior[b]
+                    - pen[b]
                     for b in range(B)
                 ]
                 lps.append(torch.log_softmax(torch.tensor(l_logits, dtype=net.dtype), 0))
             w = torch.softmax(logw[p, e], 0)
             out[p, e] = torch.log(sum(w[k] * torch.exp(lps[k]) for k in range(z)))
             for b in range(B):
-                if float(y[p, e, b]) > 0:
+                # with ncm_unseen_penalty, the label of a class unseen before the step judges no expert
+                judged = config.ncm_unseen_penalty is None or float(counts[p, e, b]) > 0
+                if float(y[p, e, b]) > 0 and judged:
                     for k in range(z):
                         ll[k] += float(lps[k][b])
         labelled = float(y[p].sum()) > 0

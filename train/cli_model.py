@@ -41,6 +41,7 @@ SETTABLE = (
     "ncm_share",
     "ncm_share_decay",
     "ncm_net_scale",
+    "ncm_unseen_penalty",
     "gnb_temperature",
     "gnb_class_prior",
     "gnb_var_prior",

@@ -40,9 +40,17 @@ expert treats the features as independent, this one sees their
 correlations: on tables of correlated measurements (sizes, ratios) it is the
 stronger one from the first examples.
 
+With ``config.ncm_unseen_penalty`` = kappa set, the three class-mean
+experts give each class without a labelled example kappa nats less: left
+at the centre, an unseen class is the nearest mean for most inputs, so
+without it they guess the classes they know nothing of (on a table whose
+minority class comes late, for its first examples).
+
 The weights w_t are the Bayesian posterior of "expert k is the best
 predictor" under fixed share (Herbster & Warmuth 1998): after each labelled
-step, w <- w * p_k(y) / sum_j w_j p_j(y), then w <- (1 - s_t) w + s_t / Z,
+step, w <- w * p_k(y) / sum_j w_j p_j(y) (with ``ncm_unseen_penalty``, an
+example whose label is a class unseen before the step counts as p_k(y) = 1
+for every expert: none could have predicted it), then w <- (1 - s_t) w + s_t / Z,
 which keeps every expert recoverable; s_t = ``ncm_share``, divided by
 (1 + t / ``ncm_share_decay``) when that is set, so the weights can settle on
 the better expert as the stream goes on. They start uniform.
@@ -162,7 +170,8 @@ def expert_logits(
     ``gnb_temperature``): with v_a = (W_a + nu s2) / (m + nu) + eps, W [P, E, A] the pooled
     within-class sum of squares and m the labelled examples so far, -tau_g * mean_a (x - m_b)_a^2 / v_a
     = -tau_g * mean_a sq_a (s2 + eps) / v_a, plus the log of the class frequencies with alpha
-    pseudo-examples each. LDA (with ``lda_temperature``): ``_lda_logits``. Also returns the LDA
+    pseudo-examples each. LDA (with ``lda_temperature``): ``_lda_logits``. With ``ncm_unseen_penalty``
+    = kappa, each expert's logit of a class without a labelled example is kappa lower. Also returns the LDA
     expert's refined directions [P, A, B] for ``ncm_update`` (None without it).
     """
     assert config.ncm_temperature is not None
@@ -181,6 +190,9 @@ def expert_logits(
         if lda_runs(config, x.shape[-1]):
             lda, directions = _lda_logits(x, centre, own_var, ncm, config)
             out.append(lda + prior)
+    if config.ncm_unseen_penalty is not None:
+        unseen = (ncm[1] == 0).to(x.dtype)  # [P, E, B]: classes without a labelled example
+        out = [logits - config.ncm_unseen_penalty * unseen for logits in out]
     return out, directions
 
 
@@ -292,7 +304,9 @@ def ncm_update(
     new_sums = sums + (y.unsqueeze(-1) * x.unsqueeze(2)).sum(1, keepdim=True)  # [P, 1, B, A] to every example
     new_counts = counts + y.sum(1, keepdim=True)
     z = len(lp)  # the experts that ran; mix_logw's entries past them stay as they are
-    ll = torch.stack([(lp_k * y).sum(-1) for lp_k in lp], -1).sum(1, keepdim=True)  # [P, 1, Z']: log p_k(y)
+    # with ncm_unseen_penalty, the label of a class unseen before the step judges no expert
+    y_ll = y if config.ncm_unseen_penalty is None else y * (counts != 0).to(y.dtype)
+    ll = torch.stack([(lp_k * y_ll).sum(-1) for lp_k in lp], -1).sum(1, keepdim=True)  # [P, 1, Z']: log p_k(y)
     w = torch.softmax(_first(logw, z) + ll, -1)
     labelled = (y.sum((1, 2)) > 0).to(w.dtype).reshape(-1, 1, 1)  # [P, 1, 1]: share only after a label
     share: Tensor | float = config.ncm_share

@@ -1,0 +1,122 @@
+"""The unseen-class penalty of the output mixture (``ncm_unseen_penalty``, docs/model.md §3.5).
+
+The per-cell oracle (tests/test_step.py, config "unseen_penalty") and the
+exported-graph parity (tests/test_export_parity.py, config "lda-mixture")
+cover the step math; here: what the option promises. The class-mean experts'
+logits of a class without a labelled example are exactly kappa lower, the
+first label of a class moves the weights by the share alone, the network
+learns as without the option, and the mixture is still a distribution that
+can name a class no expert has seen yet (through the network).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vsml_train.model import mixture
+from vsml_train.model.cell import online_standardize
+from vsml_train.model.config import VSMLConfig
+from vsml_train.model.episode import labels_to_onehot, run_episode
+from vsml_train.model.params import init_params
+from vsml_train.model.state import init_state
+
+DT = torch.float64
+BASE = VSMLConfig(
+    online_norm=True,
+    online_norm_center_prior=0.3,
+    ncm_temperature=5.0,
+    gnb_temperature=2.0,
+    lda_temperature=0.5,
+    ncm_share_decay=30.0,
+    bias_input=3.0,
+    reduction="sqrt",
+    batch_average="full",
+)
+KAPPA = 7.0
+PENALISED = BASE.replace(ncm_unseen_penalty=KAPPA)
+
+
+def _stream(seed: int, steps: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T, 1, 1, A], y [T, 1, 1]: a stream whose first labels are all class 0."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, 1, 1, a, generator=gen, dtype=DT) * 2 + 1
+    y = torch.randint(0, b, (steps, 1, 1), generator=gen)
+    y[:3] = 0
+    return x, y
+
+
+def _experts_after(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int) -> list[torch.Tensor]:
+    """The class-mean experts' logits [1, 1, B] for x[-1] after the labels y[:-1] (run through the step's state)."""
+    a = x.shape[-1]
+    params = init_params(config, 0, dtype=DT)
+    state = init_state(config, a, b, 1, 1, generator=torch.Generator().manual_seed(0), params=params, dtype=DT)
+    if len(x) > 1:
+        state = run_episode(params, config, x[:-1], y[:-1], b, state=state).state
+    assert state.norm is not None and state.ncm is not None and state.t is not None
+    _, mean, sq = online_standardize(x[-1], state.norm[0], state.norm[1], state.t, config)
+    return mixture.expert_logits(x[-1], mean, sq, state.t, state.ncm, config)[0]
+
+
+@pytest.mark.parametrize("config", ["needs", "zero", "negative", "nan", "inf"])
+def test_config_rejects_a_bad_penalty(config: str) -> None:
+    changes = {
+        "needs": {"ncm_temperature": None, "gnb_temperature": None, "lda_temperature": None},
+        "zero": {"ncm_unseen_penalty": 0.0},
+        "negative": {"ncm_unseen_penalty": -1.0},
+        "nan": {"ncm_unseen_penalty": math.nan},
+        "inf": {"ncm_unseen_penalty": math.inf},
+    }[config]
+    message = "ncm_unseen_penalty needs ncm_temperature" if config == "needs" else "ncm_unseen_penalty must be"
+    with pytest.raises(ValueError, match=message):
+        PENALISED.replace(**changes)
+
+
+@pytest.mark.parametrize("seen", [0, 1, 3])
+def test_unseen_classes_lose_exactly_kappa_in_every_class_mean_expert(seen: int) -> None:
+    """After labels of class 0 only (or none), every expert's logits of the unseen classes are kappa lower."""
+    x, y = _stream(0, seen + 1, 4, 3)
+    plain = _experts_after(BASE, x, y, 3)
+    penalised = _experts_after(PENALISED, x, y, 3)
+    assert len(plain) == len(penalised) == 3  # NCM, GNB, LDA
+    unseen = torch.tensor([0.0, 1.0, 1.0] if seen else [1.0, 1.0, 1.0], dtype=DT)
+    for p_k, q_k in zip(plain, penalised, strict=True):
+        torch.testing.assert_close(p_k - q_k, KAPPA * unseen.expand_as(p_k), rtol=0, atol=1e-12)
+
+
+def test_the_first_label_of_a_class_moves_the_weights_by_the_share_alone() -> None:
+    """A label of a class no expert has seen: w <- (1 - s) w + s / Z, whatever the experts predicted."""
+    a, b = 3, 3
+    x, y = _stream(1, 4, a, b)
+    y[3] = 2  # class 2 appears for the first time at step 3
+    params = init_params(PENALISED, 0, dtype=DT)
+    before = run_episode(params, PENALISED, x[:3], y[:3], b, seed=0)
+    after = run_episode(params, PENALISED, x[3:], y[3:], b, seed=0, state=before.state)
+    assert before.state.ncm is not None and after.state.ncm is not None
+    w0 = before.state.ncm[2].exp()[..., :4]
+    s = PENALISED.ncm_share / (1 + 3 / PENALISED.ncm_share_decay)
+    torch.testing.assert_close(after.state.ncm[2].exp()[..., :4], (1 - s) * w0 + s / 4, rtol=0, atol=1e-12)
+    # without the option, the same label judges the experts: the weights move by more than the share
+    b_plain = run_episode(params, BASE, x[:3], y[:3], b, seed=0)
+    a_plain = run_episode(params, BASE, x[3:], y[3:], b, seed=0, state=b_plain.state)
+    assert b_plain.state.ncm is not None and a_plain.state.ncm is not None
+    w_plain = b_plain.state.ncm[2].exp()[..., :4]
+    assert (a_plain.state.ncm[2].exp()[..., :4] - ((1 - s) * w_plain + s / 4)).abs().max() > 1e-3
+
+
+def test_the_network_learns_as_without_the_penalty_and_the_output_is_a_distribution() -> None:
+    a, b, steps = 5, 4, 12
+    x, y = _stream(2, steps, a, b)
+    params = init_params(PENALISED, 0, dtype=DT)
+    with_it = run_episode(params, PENALISED, x, y, b, seed=0)
+    without = run_episode(params, BASE, x, y, b, seed=0)
+    for k in range(PENALISED.n_layers):
+        torch.testing.assert_close(with_it.state.h[k], without.state.h[k], rtol=0, atol=0)
+        torch.testing.assert_close(with_it.state.c[k], without.state.c[k], rtol=0, atol=0)
+    torch.testing.assert_close(with_it.logits.exp().sum(-1), torch.ones(steps, 1, 1, dtype=DT))
+    assert (with_it.logits - without.logits).abs().max() > 1e-3
+    # an unseen class keeps the network's share of the mass: the mixture never rules it out
+    first = labels_to_onehot(y, b, DT)[:3].sum((0, 1, 2)) == 0  # classes not among the first 3 labels
+    assert bool(first.any()) and float(with_it.logits[3, 0, 0][first].exp().min()) > 1e-6
