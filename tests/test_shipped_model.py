@@ -16,11 +16,12 @@ from vsml_runtime.learner import pretrained_path
 from vsml_train.demo import bundled_dataset, default_learner, run_demo
 from vsml_train.model.model_file import load_model
 
-# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 11, whose V_M is
+# recorded when the model was shipped (vsml_runtime/assets/MODEL_CARD.md): the default (learner 12, whose V_M is
 # learner 7's), learner 6 and the V_M of learners 3-5 (learner 6 was meta-trained from learner 5 by truncated BPTT,
 # config unchanged; learner 7 from learner 6 the same way, with a weaker online-norm prior; learner 8 is learner 7
 # with a centring prior of its own; learner 9 is learner 8 with the NCM mixture; learner 10 is learner 9 with the
-# GNB expert and a decaying share; learner 11 is learner 10 with the LDA expert up to 256 features)
+# GNB expert and a decaying share; learner 11 is learner 10 with the LDA expert up to 256 features; learner 12 is
+# learner 11 with class-mean experts that do not guess unseen classes)
 SHIPPED_SHA256 = "955b7aa2752c9279e36e6ab6681e7b34c5e0b4762531158a33b055a3eccb826f"
 LEARNER6_SHA256 = "4a2d454ef4eb96f856a0b166f5bfc1ee3680e7f11b4667f2971cb61791658ef2"
 LEARNER3_SHA256 = "572528c8491003d2ed1ef6bcd3016dc0eaf7059da18cc0dc4dd8b0fe710207a6"
@@ -41,6 +42,7 @@ LEARNERS = {
     "centre-prior.pt": SHIPPED_SHA256,  # learner 8: learner 7 with a centring prior of its own
     "ncm-mixture.pt": SHIPPED_SHA256,  # learner 9: learner 8 with the NCM mixture
     "gnb-mixture.pt": SHIPPED_SHA256,  # learner 10: learner 9 with the GNB expert and a decaying share
+    "lda-mixture.pt": SHIPPED_SHA256,  # learner 11: learner 10 with the LDA expert up to 256 features
 }
 # what makes learner 4 out of learner 3, then learner 5 out of learner 4, V_M unchanged (vsml-model set)
 SIZE_FREE_CHANGES = {"reduction": "sqrt", "output_gain": 14, "bias_input": 3, "init_random": False, "init_scale": 0}
@@ -49,6 +51,7 @@ CENTRE_CHANGES = {"online_norm_center_prior": 0.3}  # what makes learner 8 out o
 NCM_CHANGES = {"ncm_temperature": 5}  # what makes learner 9 out of learner 8 (vsml-model set)
 GNB_CHANGES = {"gnb_temperature": 2, "ncm_share_decay": 30}  # what makes learner 10 out of learner 9
 LDA_CHANGES = {"lda_temperature": 0.5, "lda_var_prior": 3, "lda_max_features": 256}  # learner 11 out of learner 10
+UNSEEN_CHANGES = {"ncm_unseen_penalty": 30}  # learner 12 out of learner 11
 FASHION_BOUND = 0.50
 NARROW_FIRST50_BOUND = 0.70
 
@@ -58,16 +61,21 @@ def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
     model = load_model(pt)
     assert model.params_hash() == SHIPPED_SHA256
     learners = Path(pt).parent / "learners"
-    learner3, learner4, learner5, learner6, learner7, learner8, learner9, learner10 = (
+    learner3, learner4, learner5, learner6, learner7, learner8, learner9, learner10, learner11 = (
         load_model(learners / f)
         for f in ("clone-cmaes.pt", "size-free.pt", "front-ends.pt", "tbptt.pt", "tbptt-prior10.pt", "centre-prior.pt",
-                  "ncm-mixture.pt", "gnb-mixture.pt")
+                  "ncm-mixture.pt", "gnb-mixture.pt", "lda-mixture.pt")
     )  # fmt: skip
+    # learner 12: learner 11 with the unseen-class penalty (model card, "Learner 12"), by config alone
+    centre, ncm, gnb, lda, unseen = model.meta["derivations"]
+    assert unseen["parent"] == "lda-mixture.pt" and unseen["changes"] == UNSEEN_CHANGES
+    assert unseen["parent_params_sha256"] == SHIPPED_SHA256 == learner11.params_hash()
+    assert model.config == learner11.config.replace(**UNSEEN_CHANGES)
     # learner 11: learner 10 with the LDA expert up to 256 features (model card, "Learner 11"), by config alone
-    centre, ncm, gnb, lda = model.meta["derivations"]
+    assert learner11.meta["derivations"] == [centre, ncm, gnb, lda]
     assert lda["parent"] == "gnb-mixture.pt" and lda["changes"] == LDA_CHANGES
     assert lda["parent_params_sha256"] == SHIPPED_SHA256 == learner10.params_hash()
-    assert model.config == learner10.config.replace(**LDA_CHANGES)
+    assert learner11.config == learner10.config.replace(**LDA_CHANGES)
     # learner 10: learner 9 with the GNB expert and a decaying share (model card, "Learner 10"), by config alone
     assert learner10.meta["derivations"] == [centre, ncm, gnb]
     assert gnb["parent"] == "ncm-mixture.pt" and gnb["changes"] == GNB_CHANGES
@@ -271,15 +279,40 @@ def test_shipped_learner_sees_the_correlations_of_a_dev_table_that_learner_10_ca
         assert acc11 >= 0.95 and acc11 > acc10 + 0.08, (s, acc11, acc10)
 
 
-def test_shipped_learner_is_learner_10_to_the_bit_above_256_features(learner10_onnx: Path) -> None:
-    """Above ``lda_max_features`` the LDA state is empty and the step is learner 10's (60 bundled images)."""
+def test_learner_11_is_learner_10_to_the_bit_above_256_features(learner10_onnx: Path, tmp_path: Path) -> None:
+    """Above ``lda_max_features`` the LDA state is empty and learner 11's step is learner 10's (60 bundled images)."""
+    learner11 = Path(pretrained_path()).parent / "learners" / "lda-mixture.pt"
+    onnx11 = export_model(learner11, tmp_path / "l11.onnx", ExportOptions(verify=False)).step_path
     images, labels = bundled_dataset("fashion-mnist")
     x = ((images[:60].reshape(60, -1) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
-    new, old = Learner.pretrained(784, 10, seed=1), Learner(learner10_onnx, 784, 10, seed=1)
+    new, old = Learner(onnx11, 784, 10, seed=1), Learner(learner10_onnx, 784, 10, seed=1)
     assert new.state_dict()["state.lda_scatter"].shape == (1, 0, 0)
+    assert Learner.pretrained(784, 10, seed=1).state_dict()["state.lda_scatter"].shape == (1, 0, 0)  # the default's too
     for t in range(60):
         (_, p_new), (_, p_old) = (
             new.learn(x[t], int(labels[t]), return_proba=True),
             old.learn(x[t], int(labels[t]), return_proba=True),
         )
         np.testing.assert_array_equal(p_new, p_old)
+
+
+def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(tmp_path: Path) -> None:
+    """Learner 12's unseen-class penalty: after labels of one class only, it predicts that class.
+
+    6 features, 3 classes, the first 8 labels all class 0 (data seeds 0-4), through ONNX Runtime. Seen at
+    shipping: learner 12 predicts class 0 at steps 1-7 on every seed; learner 11's class-mean experts put
+    an unseen class at the centre of the data, the nearest mean for most inputs, so it guessed class 1 or
+    2 at step 1 on every seed.
+    """
+    learner11 = Path(pretrained_path()).parent / "learners" / "lda-mixture.pt"
+    onnx11 = export_model(learner11, tmp_path / "l11.onnx", ExportOptions(verify=False)).step_path
+    guesses11 = 0
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(12, 6)).astype(np.float32)
+        y = rng.integers(0, 3, 12)
+        y[:8] = 0
+        preds = Learner.pretrained(6, 3, seed=0).learn_stream(x, y)
+        assert (preds[1:8] == 0).all(), (seed, preds)
+        guesses11 += int(Learner(onnx11, 6, 3, seed=0).learn_stream(x, y)[1] != 0)
+    assert guesses11 >= 3, "learner 11 no longer guesses unseen classes: the test no longer shows the difference"
