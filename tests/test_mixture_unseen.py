@@ -16,6 +16,7 @@ import math
 import pytest
 import torch
 
+from tests.test_mixture import CONFIG
 from vsml_train.model import mixture
 from vsml_train.model.cell import online_standardize
 from vsml_train.model.config import VSMLConfig
@@ -24,17 +25,8 @@ from vsml_train.model.params import init_params
 from vsml_train.model.state import init_state
 
 DT = torch.float64
-BASE = VSMLConfig(
-    online_norm=True,
-    online_norm_center_prior=0.3,
-    ncm_temperature=5.0,
-    gnb_temperature=2.0,
-    lda_temperature=0.5,
-    ncm_share_decay=30.0,
-    bias_input=3.0,
-    reduction="sqrt",
-    batch_average="full",
-)
+# test_mixture's NCM config with the GNB and LDA experts and a decaying share (learner 11's mixture)
+BASE = CONFIG.replace(gnb_temperature=2.0, lda_temperature=0.5, ncm_share_decay=30.0)
 KAPPA = 7.0
 PENALISED = BASE.replace(ncm_unseen_penalty=KAPPA)
 
