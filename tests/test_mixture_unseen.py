@@ -16,13 +16,9 @@ import math
 import pytest
 import torch
 
-from tests.test_mixture import CONFIG
-from vsml_train.model import mixture
-from vsml_train.model.cell import online_standardize
-from vsml_train.model.config import VSMLConfig
+from tests.test_mixture import CONFIG, _expert, _stream
 from vsml_train.model.episode import labels_to_onehot, run_episode
 from vsml_train.model.params import init_params
-from vsml_train.model.state import init_state
 
 DT = torch.float64
 # test_mixture's NCM config with the GNB and LDA experts and a decaying share (learner 11's mixture)
@@ -31,25 +27,11 @@ KAPPA = 7.0
 PENALISED = BASE.replace(ncm_unseen_penalty=KAPPA)
 
 
-def _stream(seed: int, steps: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [T, 1, 1, A], y [T, 1, 1]: a stream whose first labels are all class 0."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(steps, 1, 1, a, generator=gen, dtype=DT) * 2 + 1
-    y = torch.randint(0, b, (steps, 1, 1), generator=gen)
+def _stream_from_class_0(seed: int, steps: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``test_mixture._stream`` (one learner, one example per step) with its first 3 labels set to class 0."""
+    x, y = _stream(seed, steps, a, b)
     y[:3] = 0
     return x, y
-
-
-def _experts_after(config: VSMLConfig, x: torch.Tensor, y: torch.Tensor, b: int) -> list[torch.Tensor]:
-    """The class-mean experts' logits [1, 1, B] for x[-1] after the labels y[:-1] (run through the step's state)."""
-    a = x.shape[-1]
-    params = init_params(config, 0, dtype=DT)
-    state = init_state(config, a, b, 1, 1, generator=torch.Generator().manual_seed(0), params=params, dtype=DT)
-    if len(x) > 1:
-        state = run_episode(params, config, x[:-1], y[:-1], b, state=state).state
-    assert state.norm is not None and state.ncm is not None and state.t is not None
-    _, mean, sq = online_standardize(x[-1], state.norm[0], state.norm[1], state.t, config)
-    return mixture.expert_logits(x[-1], mean, sq, state.t, state.ncm, config)[0]
 
 
 @pytest.mark.parametrize("config", ["needs", "zero", "negative", "nan", "inf"])
@@ -69,10 +51,10 @@ def test_config_rejects_a_bad_penalty(config: str) -> None:
 @pytest.mark.parametrize("seen", [0, 1, 3])
 def test_unseen_classes_lose_exactly_kappa_in_every_class_mean_expert(seen: int) -> None:
     """After labels of class 0 only (or none), every expert's logits of the unseen classes are kappa lower."""
-    x, y = _stream(0, seen + 1, 4, 3)
-    plain = _experts_after(BASE, x, y, 3)
-    penalised = _experts_after(PENALISED, x, y, 3)
-    assert len(plain) == len(penalised) == 3  # NCM, GNB, LDA
+    x, y = _stream_from_class_0(0, seen + 1, 4, 3)
+    # each expert's logits for x[-1] after the labels y[:-1] (NCM, GNB, LDA)
+    plain = [_expert(BASE, x, y, 3, which)[-1] for which in range(3)]
+    penalised = [_expert(PENALISED, x, y, 3, which)[-1] for which in range(3)]
     unseen = torch.tensor([0.0, 1.0, 1.0] if seen else [1.0, 1.0, 1.0], dtype=DT)
     for p_k, q_k in zip(plain, penalised, strict=True):
         torch.testing.assert_close(p_k - q_k, KAPPA * unseen.expand_as(p_k), rtol=0, atol=1e-12)
@@ -81,7 +63,7 @@ def test_unseen_classes_lose_exactly_kappa_in_every_class_mean_expert(seen: int)
 def test_the_first_label_of_a_class_moves_the_weights_by_the_share_alone() -> None:
     """A label of a class no expert has seen: w <- (1 - s) w + s / Z, whatever the experts predicted."""
     a, b = 3, 3
-    x, y = _stream(1, 4, a, b)
+    x, y = _stream_from_class_0(1, 4, a, b)
     y[3] = 2  # class 2 appears for the first time at step 3
     params = init_params(PENALISED, 0, dtype=DT)
     before = run_episode(params, PENALISED, x[:3], y[:3], b, seed=0)
@@ -100,7 +82,7 @@ def test_the_first_label_of_a_class_moves_the_weights_by_the_share_alone() -> No
 
 def test_the_network_learns_as_without_the_penalty_and_the_output_is_a_distribution() -> None:
     a, b, steps = 5, 4, 12
-    x, y = _stream(2, steps, a, b)
+    x, y = _stream_from_class_0(2, steps, a, b)
     params = init_params(PENALISED, 0, dtype=DT)
     with_it = run_episode(params, PENALISED, x, y, b, seed=0)
     without = run_episode(params, BASE, x, y, b, seed=0)

@@ -255,10 +255,20 @@ def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, tmp_pa
     assert min(gains) > 0 and np.mean(gains) > 0.015, gains
 
 
+def _export_shipped(name: str, factory: pytest.TempPathFactory) -> Path:
+    """The step graph of ``learners/NAME.pt``, exported (unverified) into a fresh temporary folder."""
+    path = Path(pretrained_path()).parent / "learners" / f"{name}.pt"
+    return export_model(path, factory.mktemp(name) / f"{name}.onnx", ExportOptions(verify=False)).step_path
+
+
 @pytest.fixture(scope="module")
 def learner10_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    learner10 = Path(pretrained_path()).parent / "learners" / "gnb-mixture.pt"
-    return export_model(learner10, tmp_path_factory.mktemp("l10") / "l10.onnx", ExportOptions(verify=False)).step_path
+    return _export_shipped("gnb-mixture", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def learner11_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export_shipped("lda-mixture", tmp_path_factory)
 
 
 def test_shipped_learner_sees_the_correlations_of_a_dev_table_that_learner_10_cannot(learner10_onnx: Path) -> None:
@@ -279,13 +289,11 @@ def test_shipped_learner_sees_the_correlations_of_a_dev_table_that_learner_10_ca
         assert acc11 >= 0.95 and acc11 > acc10 + 0.08, (s, acc11, acc10)
 
 
-def test_learner_11_is_learner_10_to_the_bit_above_256_features(learner10_onnx: Path, tmp_path: Path) -> None:
+def test_learner_11_is_learner_10_to_the_bit_above_256_features(learner10_onnx: Path, learner11_onnx: Path) -> None:
     """Above ``lda_max_features`` the LDA state is empty and learner 11's step is learner 10's (60 bundled images)."""
-    learner11 = Path(pretrained_path()).parent / "learners" / "lda-mixture.pt"
-    onnx11 = export_model(learner11, tmp_path / "l11.onnx", ExportOptions(verify=False)).step_path
     images, labels = bundled_dataset("fashion-mnist")
     x = ((images[:60].reshape(60, -1) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
-    new, old = Learner(onnx11, 784, 10, seed=1), Learner(learner10_onnx, 784, 10, seed=1)
+    new, old = Learner(learner11_onnx, 784, 10, seed=1), Learner(learner10_onnx, 784, 10, seed=1)
     assert new.state_dict()["state.lda_scatter"].shape == (1, 0, 0)
     assert Learner.pretrained(784, 10, seed=1).state_dict()["state.lda_scatter"].shape == (1, 0, 0)  # the default's too
     for t in range(60):
@@ -296,7 +304,7 @@ def test_learner_11_is_learner_10_to_the_bit_above_256_features(learner10_onnx: 
         np.testing.assert_array_equal(p_new, p_old)
 
 
-def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(tmp_path: Path) -> None:
+def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(learner11_onnx: Path) -> None:
     """Learner 12's unseen-class penalty: after labels of one class only, it predicts that class.
 
     6 features, 3 classes, the first 8 labels all class 0 (data seeds 0-4), through ONNX Runtime. Seen at
@@ -304,8 +312,6 @@ def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(tmp_path: Path) 
     an unseen class at the centre of the data, the nearest mean for most inputs, so it guessed class 1 or
     2 at step 1 on every seed.
     """
-    learner11 = Path(pretrained_path()).parent / "learners" / "lda-mixture.pt"
-    onnx11 = export_model(learner11, tmp_path / "l11.onnx", ExportOptions(verify=False)).step_path
     guesses11 = 0
     for seed in range(5):
         rng = np.random.default_rng(seed)
@@ -314,5 +320,5 @@ def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(tmp_path: Path) 
         y[:8] = 0
         preds = Learner.pretrained(6, 3, seed=0).learn_stream(x, y)
         assert (preds[1:8] == 0).all(), (seed, preds)
-        guesses11 += int(Learner(onnx11, 6, 3, seed=0).learn_stream(x, y)[1] != 0)
+        guesses11 += int(Learner(learner11_onnx, 6, 3, seed=0).learn_stream(x, y)[1] != 0)
     assert guesses11 >= 3, "learner 11 no longer guesses unseen classes: the test no longer shows the difference"
