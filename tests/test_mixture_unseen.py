@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tests.test_mixture import CONFIG, _expert, _stream
+from vsml_train.model.config import VSMLConfig
 from vsml_train.model.episode import labels_to_onehot, run_episode
 from vsml_train.model.params import init_params
 
@@ -60,24 +61,26 @@ def test_unseen_classes_lose_exactly_kappa_in_every_class_mean_expert(seen: int)
         torch.testing.assert_close(p_k - q_k, KAPPA * unseen.expand_as(p_k), rtol=0, atol=1e-12)
 
 
+def _weights_around_a_new_class(config: VSMLConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mixture's 4 weights [1, 1, 4] before and after step 3, whose label (class 2) is new to the stream."""
+    b = 3
+    x, y = _stream_from_class_0(1, 4, 3, b)
+    y[3] = 2
+    params = init_params(PENALISED, 0, dtype=DT)  # config changes leave V_M's shapes as they are
+    before = run_episode(params, config, x[:3], y[:3], b, seed=0)
+    after = run_episode(params, config, x[3:], y[3:], b, seed=0, state=before.state)
+    assert before.state.ncm is not None and after.state.ncm is not None
+    return before.state.ncm[2].exp()[..., :4], after.state.ncm[2].exp()[..., :4]
+
+
 def test_the_first_label_of_a_class_moves_the_weights_by_the_share_alone() -> None:
     """A label of a class no expert has seen: w <- (1 - s) w + s / Z, whatever the experts predicted."""
-    a, b = 3, 3
-    x, y = _stream_from_class_0(1, 4, a, b)
-    y[3] = 2  # class 2 appears for the first time at step 3
-    params = init_params(PENALISED, 0, dtype=DT)
-    before = run_episode(params, PENALISED, x[:3], y[:3], b, seed=0)
-    after = run_episode(params, PENALISED, x[3:], y[3:], b, seed=0, state=before.state)
-    assert before.state.ncm is not None and after.state.ncm is not None
-    w0 = before.state.ncm[2].exp()[..., :4]
     s = PENALISED.ncm_share / (1 + 3 / PENALISED.ncm_share_decay)
-    torch.testing.assert_close(after.state.ncm[2].exp()[..., :4], (1 - s) * w0 + s / 4, rtol=0, atol=1e-12)
+    w0, w1 = _weights_around_a_new_class(PENALISED)
+    torch.testing.assert_close(w1, (1 - s) * w0 + s / 4, rtol=0, atol=1e-12)
     # without the option, the same label judges the experts: the weights move by more than the share
-    b_plain = run_episode(params, BASE, x[:3], y[:3], b, seed=0)
-    a_plain = run_episode(params, BASE, x[3:], y[3:], b, seed=0, state=b_plain.state)
-    assert b_plain.state.ncm is not None and a_plain.state.ncm is not None
-    w_plain = b_plain.state.ncm[2].exp()[..., :4]
-    assert (a_plain.state.ncm[2].exp()[..., :4] - ((1 - s) * w_plain + s / 4)).abs().max() > 1e-3
+    w0, w1 = _weights_around_a_new_class(BASE)
+    assert (w1 - ((1 - s) * w0 + s / 4)).abs().max() > 1e-3
 
 
 def test_the_network_learns_as_without_the_penalty_and_the_output_is_a_distribution() -> None:
