@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ LDA_CHANGES = {"lda_temperature": 0.5, "lda_var_prior": 3, "lda_max_features": 2
 UNSEEN_CHANGES = {"ncm_unseen_penalty": 30}  # learner 12 out of learner 11
 FASHION_BOUND = 0.50
 NARROW_FIRST50_BOUND = 0.70
+ShippedOnnx = Callable[[str], Path]  # the shipped_onnx fixture: learners/NAME.pt -> its exported step graph
 
 
 def test_shipped_model_loads_and_matches_its_recorded_hash() -> None:
@@ -212,34 +214,34 @@ def test_vsml_eval_cli_rejects_missing_model(tmp_path) -> None:
         main([str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
 
 
-def _export_shipped(name: str, factory: pytest.TempPathFactory) -> Path:
-    """The step graph of ``learners/NAME.pt``, exported (unverified) into a fresh temporary folder."""
-    path = Path(pretrained_path()).parent / "learners" / f"{name}.pt"
-    return export_model(path, factory.mktemp(name) / f"{name}.onnx", ExportOptions(verify=False)).step_path
-
-
 @pytest.fixture(scope="module")
-def learner8_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export_shipped("centre-prior", tmp_path_factory)
+def shipped_onnx(tmp_path_factory: pytest.TempPathFactory) -> ShippedOnnx:
+    """NAME -> the step graph of ``learners/NAME.pt``, exported (unverified) once per module into a temporary folder."""
+    exported: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in exported:
+            path = Path(pretrained_path()).parent / "learners" / f"{name}.pt"
+            onnx_path = tmp_path_factory.mktemp(name) / f"{name}.onnx"
+            exported[name] = export_model(path, onnx_path, ExportOptions(verify=False)).step_path
+        return exported[name]
+
+    return get
 
 
-@pytest.fixture(scope="module")
-def learner9_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export_shipped("ncm-mixture", tmp_path_factory)
-
-
-def test_shipped_learner_learns_the_first_fashion_examples_faster_than_learner_8(learner8_onnx: Path) -> None:
+def test_shipped_learner_learns_the_first_fashion_examples_faster_than_learner_8(shipped_onnx: ShippedOnnx) -> None:
     """The NCM mixture: the first 100 of the bundled Fashion-MNIST slice, 4 streams, through ONNX Runtime.
 
     Seen at shipping (seeds 0-3): learner 12 0.47-0.57 (mean 0.540), learner 10 0.46-0.58 (mean 0.540),
     learner 9 0.46-0.57 (mean 0.530), learner 8 0.44-0.50 (mean 0.483).
     """
+    onnx8 = shipped_onnx("centre-prior")
     images, labels = bundled_dataset("fashion-mnist")
     x = ((images.reshape(len(images), -1) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
     first: dict[str, list[float]] = {"9": [], "8": []}
     for seed in range(4):
         order = np.random.default_rng(seed).permutation(len(labels))[:100]
-        pair = (("9", Learner.pretrained(784, 10, seed=seed)), ("8", Learner(learner8_onnx, 784, 10, seed=seed)))
+        pair = (("9", Learner.pretrained(784, 10, seed=seed)), ("8", Learner(onnx8, 784, 10, seed=seed)))
         for name, learner in pair:
             first[name].append(float((learner.learn_stream(x[order], labels[order]) == labels[order]).mean()))
     assert np.mean(first["9"]) >= 0.50, first
@@ -247,7 +249,7 @@ def test_shipped_learner_learns_the_first_fashion_examples_faster_than_learner_8
 
 
 @pytest.mark.parametrize("table", ["attrition", "churn"])
-def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, learner9_onnx: Path) -> None:
+def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, shipped_onnx: ShippedOnnx) -> None:
     """Learner 10's GNB expert (class prior, pooled per-feature variances) on two dev tables with skewed classes.
 
     Dev tables are the ones choices may be made on (never the evaluation suite); 4 streams x 1,000 steps, seed
@@ -260,25 +262,16 @@ def test_shipped_learner_beats_learner_9_on_skewed_dev_tables(table: str, learne
     data = load_table(next(s for s in DEV_TABLES if s.name == table))
     st = data.streams(1000, 4, seed=99)
     a, b = st.x.shape[2], data.n_classes
+    onnx9 = shipped_onnx("ncm-mixture")
     gains = []
     for s in range(4):
         acc10 = (Learner.pretrained(a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
-        acc9 = (Learner(learner9_onnx, a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
+        acc9 = (Learner(onnx9, a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
         gains.append(acc10 - acc9)
     assert min(gains) > 0 and np.mean(gains) > 0.015, gains
 
 
-@pytest.fixture(scope="module")
-def learner10_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export_shipped("gnb-mixture", tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def learner11_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export_shipped("lda-mixture", tmp_path_factory)
-
-
-def test_shipped_learner_sees_the_correlations_of_a_dev_table_that_learner_10_cannot(learner10_onnx: Path) -> None:
+def test_shipped_learner_sees_the_correlations_of_a_dev_table_that_learner_10_cannot(shipped_onnx: ShippedOnnx) -> None:
     """Learner 11's LDA expert on crabs (five body measurements of crabs, strongly correlated; a dev table).
 
     4 streams x 1,000 steps, seed 99, through ONNX Runtime. Seen at shipping: 0.983-0.990 against learner 10's
@@ -290,17 +283,19 @@ def test_shipped_learner_sees_the_correlations_of_a_dev_table_that_learner_10_ca
     data = load_table(next(s for s in DEV_TABLES if s.name == "crabs"))
     st = data.streams(1000, 4, seed=99)
     a, b = st.x.shape[2], data.n_classes
+    onnx10 = shipped_onnx("gnb-mixture")
     for s in range(4):
         acc11 = (Learner.pretrained(a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
-        acc10 = (Learner(learner10_onnx, a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
+        acc10 = (Learner(onnx10, a, b, seed=0).learn_stream(st.x[:, s], st.y[:, s]) == st.y[:, s]).mean()
         assert acc11 >= 0.95 and acc11 > acc10 + 0.08, (s, acc11, acc10)
 
 
-def test_learner_11_is_learner_10_to_the_bit_above_256_features(learner10_onnx: Path, learner11_onnx: Path) -> None:
+def test_learner_11_is_learner_10_to_the_bit_above_256_features(shipped_onnx: ShippedOnnx) -> None:
     """Above ``lda_max_features`` the LDA state is empty and learner 11's step is learner 10's (60 bundled images)."""
     images, labels = bundled_dataset("fashion-mnist")
     x = ((images[:60].reshape(60, -1) / 255.0 - 0.1307) / 0.3081).astype(np.float32)
-    new, old = Learner(learner11_onnx, 784, 10, seed=1), Learner(learner10_onnx, 784, 10, seed=1)
+    new = Learner(shipped_onnx("lda-mixture"), 784, 10, seed=1)
+    old = Learner(shipped_onnx("gnb-mixture"), 784, 10, seed=1)
     assert new.state_dict()["state.lda_scatter"].shape == (1, 0, 0)
     assert Learner.pretrained(784, 10, seed=1).state_dict()["state.lda_scatter"].shape == (1, 0, 0)  # the default's too
     for t in range(60):
@@ -311,7 +306,7 @@ def test_learner_11_is_learner_10_to_the_bit_above_256_features(learner10_onnx: 
         np.testing.assert_array_equal(p_new, p_old)
 
 
-def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(learner11_onnx: Path) -> None:
+def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(shipped_onnx: ShippedOnnx) -> None:
     """Learner 12's unseen-class penalty: after labels of one class only, it predicts that class.
 
     6 features, 3 classes, the first 8 labels all class 0 (data seeds 0-4), through ONNX Runtime. Seen at
@@ -327,5 +322,5 @@ def test_shipped_learner_does_not_guess_a_class_it_has_not_seen(learner11_onnx: 
         y[:8] = 0
         preds = Learner.pretrained(6, 3, seed=0).learn_stream(x, y)
         assert (preds[1:8] == 0).all(), (seed, preds)
-        guesses11 += int(Learner(learner11_onnx, 6, 3, seed=0).learn_stream(x, y)[1] != 0)
+        guesses11 += int(Learner(shipped_onnx("lda-mixture"), 6, 3, seed=0).learn_stream(x, y)[1] != 0)
     assert guesses11 >= 3, "learner 11 no longer guesses unseen classes: the test no longer shows the difference"
