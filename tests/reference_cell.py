@@ -208,7 +208,7 @@ def reference_mixture(
     """
     P, E, A = x.shape
     B = net.shape[-1]
-    tau, kappa, share = config.ncm_temperature, config.ncm_shrink, config.ncm_share
+    tau, share = config.ncm_temperature, config.ncm_share
     gnb = config.gnb_temperature is not None
     q = config.online_norm_prior
     qc = q if config.online_norm_center_prior is None else config.online_norm_center_prior
@@ -240,7 +240,7 @@ def reference_mixture(
             seen = sum(float(counts[p, e, b]) for b in range(B))
             for b in range(B):
                 nb = float(counts[p, e, b])
-                proto = [(float(sums[p, e, b, a]) - nb * centre[a]) / (nb + kappa) for a in range(A)]
+                proto = [_offset(config, sums[p, e], counts[p, e], mean, centre, b, a) for a in range(A)]
                 d.append(sum(((float(x[p, e, a]) - centre[a]) * g - proto[a] * g) ** 2 for a in range(A)) / A)
                 if gnb:
                     var = [
@@ -344,14 +344,28 @@ def _lda_directions(
         [(float(scatter[i, j]) + (nu * dvar[i] if i == j else 0.0)) / (seen + nu) for j in range(a_n)]
         for i in range(a_n)
     ]
-    u = [
-        [
-            (float(sums[b, a]) - float(counts[b]) * centre[a]) / (float(counts[b]) + config.ncm_shrink)
-            for b in range(b_n)
-        ]
-        for a in range(a_n)
-    ]
+    u = [[_offset(config, sums, counts, mean, centre, b, a) for b in range(b_n)] for a in range(a_n)]
     return u, _solve(sigma, u), centre
+
+
+def _offset(
+    config: VSMLConfig, sums: Tensor, counts: Tensor, mean: Tensor, centre: list[float], b: int, a: int
+) -> float:
+    """Class b's mean about the centre, feature a (sums [B, A], counts [B], mean [A] the online moments' mean).
+
+    Shrunk toward the centre by ``ncm_shrink`` pseudo-examples; with ``ncm_unseen_mirror`` = alpha_u, a class
+    without a label sits where the unseen classes, alpha_u pseudo-examples each, balance the labelled examples
+    around the mean: mean - (sum of the labelled examples - their number * mean) / (unseen classes * alpha_u).
+    """
+    nb = float(counts[b])
+    if nb > 0 or config.ncm_unseen_mirror is None:
+        return (float(sums[b, a]) - nb * centre[a]) / (nb + config.ncm_shrink)
+    classes = range(len(counts))
+    unseen = sum(1 for j in classes if float(counts[j]) == 0)
+    labelled = sum(float(counts[j]) for j in classes)
+    total = sum(float(sums[j, a]) for j in classes)
+    m = float(mean[a])
+    return m - centre[a] - (total - labelled * m) / (unseen * config.ncm_unseen_mirror)
 
 
 def _solve(m: list[list[float]], rhs: list[list[float]]) -> list[list[float]]:

@@ -90,6 +90,7 @@ CONFIGS = {
         "lda_var_prior": 3.0,
         "ncm_share_decay": 30.0,
         "ncm_unseen_penalty": 10.0,
+        "ncm_unseen_mirror": 2.0,
         "bias_input": 3.0,
         "backward_pass": True,
         "batch_average": "full",

@@ -98,6 +98,14 @@ CONFIGS: dict[str, dict] = {
     },
     # class-mean experts that do not guess unseen classes (and are not judged on their first labels)
     "unseen_penalty": {**GNB_MIXTURE, "lda_temperature": 0.8, "lda_iterations": 5, "ncm_unseen_penalty": 3.0},
+    # ... and whose unseen classes sit at the labelled examples' mirror
+    "unseen_mirror": {
+        **GNB_MIXTURE,
+        "lda_temperature": 0.8,
+        "lda_iterations": 5,
+        "ncm_unseen_penalty": 3.0,
+        "ncm_unseen_mirror": 1.5,
+    },
     "error_decay_only": {"error_decay_steps": 2.0, "error_decay_power": 1.0, "feed_label": False},
 }
 

@@ -42,6 +42,7 @@ SETTABLE = (
     "ncm_share_decay",
     "ncm_net_scale",
     "ncm_unseen_penalty",
+    "ncm_unseen_mirror",
     "gnb_temperature",
     "gnb_class_prior",
     "gnb_var_prior",

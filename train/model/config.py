@@ -97,6 +97,13 @@ class VSMLConfig:
             inputs), and the mixture's weights skip the log-likelihood of an
             example whose label is such a class: no expert could have
             predicted it (docs/model.md §3.5). None: unseen classes as any.
+        ncm_unseen_mirror: when set (alpha_u > 0), a class with no labelled
+            example sits, for the class-mean experts, at the mirror of the
+            labelled examples through the data's mean (the unseen classes,
+            alpha_u pseudo-examples each, balance the labelled ones;
+            ``mixture.class_offsets``), not at the centre: on two classes an
+            input on the far side of the centre from the first labels is
+            nearer the unseen class. None: an unseen class at the centre.
         ncm_net_scale: the network's logits are multiplied by this inside the
             mixture (its own error message still uses them as they are): a
             temperature for the network expert, whose early predictions are
@@ -162,6 +169,7 @@ class VSMLConfig:
     ncm_share_decay: float | None = None
     ncm_net_scale: float = 1.0
     ncm_unseen_penalty: float | None = None
+    ncm_unseen_mirror: float | None = None
     gnb_temperature: float | None = None
     gnb_class_prior: float = 3.0
     gnb_var_prior: float = 10.0
@@ -214,12 +222,20 @@ class VSMLConfig:
             errors.append(f"ncm_shrink must be a finite number > 0, got {self.ncm_shrink}")
         if not (math.isfinite(self.ncm_share) and 0 < self.ncm_share < 1):
             errors.append(f"ncm_share must lie in (0, 1), got {self.ncm_share}")
-        for name in ("ncm_share_decay", "gnb_temperature", "lda_temperature", "ncm_unseen_penalty"):
+        for name in (
+            "ncm_share_decay",
+            "gnb_temperature",
+            "lda_temperature",
+            "ncm_unseen_penalty",
+            "ncm_unseen_mirror",
+        ):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 errors.append(f"{name} must be a finite number > 0 or None, got {v}")
         if self.ncm_unseen_penalty is not None and tau is None:
             errors.append("ncm_unseen_penalty needs ncm_temperature (it acts on the mixture's class-mean experts)")
+        if self.ncm_unseen_mirror is not None and tau is None:
+            errors.append("ncm_unseen_mirror needs ncm_temperature (it acts on the mixture's class-mean experts)")
         if self.gnb_temperature is not None and tau is None:
             errors.append("gnb_temperature needs ncm_temperature (the third expert of the NCM mixture)")
         if self.lda_temperature is not None and self.gnb_temperature is None:

@@ -138,27 +138,51 @@ def _centre_and_own_var(
     return centre, torch.clamp(x_sq - prior - x_mean * x_mean, min=0.0)
 
 
+def class_offsets(x_mean: Tensor, centre: Tensor, ncm: NCMState, config: VSMLConfig) -> Tensor:
+    """u [P, E, B, A]: each class's mean about the centre c, shrunk toward it by ``ncm_shrink`` pseudo-examples.
+
+    u_b = (S_b - n_b c) / (n_b + kappa), so a class without a labelled example sits at the centre. With
+    ``ncm_unseen_mirror`` = alpha_u it sits at the labelled examples' mirror instead: the centre
+    c_q = x_mean (the online standardisation's mean, its q prior pseudo-examples at 0) is the mean of
+    every class's examples, so the unseen classes, alpha_u pseudo-examples each, balance the labelled
+    ones: m_U = c_q - (S - m c_q) / (k_u alpha_u), S the sum of the m labelled examples and k_u the
+    classes without one (docs/model.md §3.5). On two classes after one label x_1 that is about -x_1:
+    an input on the other side of the centre is nearer the unseen class.
+
+    Args:
+        x_mean, centre: [P, E, A] the online standardisation's mean and the centre c.
+        ncm: the mixture's state (class sums [P, E, B, A] and counts [P, E, B]).
+    """
+    sums, counts = ncm[0], ncm[1]
+    n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
+    u = (sums - n_c * centre.unsqueeze(2)) / (n_c + config.ncm_shrink)
+    alpha = config.ncm_unseen_mirror
+    if alpha is None:
+        return u
+    unseen = (counts == 0).to(u.dtype)  # [P, E, B]
+    k_u = unseen.sum(-1, keepdim=True)  # [P, E, 1]; when 0 no class takes the mirror, the divisor only stays finite
+    deviation = sums.sum(2) - counts.sum(-1, keepdim=True) * x_mean  # [P, E, A]: S - m c_q
+    mirror = x_mean - centre - deviation / torch.clamp(k_u * alpha, min=alpha)  # [P, E, A]: m_U - c
+    return u + unseen.unsqueeze(-1) * mirror.unsqueeze(2)
+
+
 def _class_distances(
-    x: Tensor, centre: Tensor, own_var: Tensor, ncm: NCMState, config: VSMLConfig
+    x: Tensor, centre: Tensor, own_var: Tensor, offsets: Tensor, config: VSMLConfig
 ) -> tuple[Tensor, Tensor]:
     """The squared standardised differences to every class mean, and the features' spread.
 
     Args:
         x: [P, E, A] raw features of this step (before its labels).
         centre, own_var: [P, E, A] from ``_centre_and_own_var``.
-        ncm: the mixture's state (class sums and counts).
+        offsets: [P, E, B, A] the class means about the centre, ``class_offsets``.
     Returns:
-        (sq [P, E, B, A] = ((x - c) g - (S_b - n_b c) g / (n_b + kappa))^2, s2 [P, E, 1]): s2 the
-        features' mean variance over the examples alone, g = 1 / sqrt(s2 + eps); class b's mean
-        shrunk toward c by kappa.
+        (sq [P, E, B, A] = ((x - c) g - u_b g)^2, s2 [P, E, 1]): s2 the features' mean variance over
+        the examples alone, g = 1 / sqrt(s2 + eps).
     """
-    sums, counts = ncm[0], ncm[1]
     spread = own_var.mean(-1, keepdim=True)
     scale = torch.rsqrt(spread + config.online_norm_eps)  # [P, E, 1]
     z = (x - centre) * scale  # [P, E, A]
-    n_c = counts.unsqueeze(-1)  # [P, E, B, 1]
-    zc = (sums - n_c * centre.unsqueeze(2)) * scale.unsqueeze(2) / (n_c + config.ncm_shrink)  # [P, E, B, A]
-    return (z.unsqueeze(2) - zc).pow(2), spread
+    return (z.unsqueeze(2) - offsets * scale.unsqueeze(2)).pow(2), spread
 
 
 def expert_logits(
@@ -176,7 +200,8 @@ def expert_logits(
     """
     assert config.ncm_temperature is not None
     centre, own_var = _centre_and_own_var(x, x_mean, x_sq, t, config)
-    sq, spread = _class_distances(x, centre, own_var, ncm, config)
+    offsets = class_offsets(x_mean, centre, ncm, config)
+    sq, spread = _class_distances(x, centre, own_var, offsets, config)
     out = [-config.ncm_temperature * sq.mean(-1)]
     directions = None
     if config.gnb_temperature is not None:
@@ -188,7 +213,7 @@ def expert_logits(
         prior = torch.log((counts + alpha) / (seen + counts.shape[-1] * alpha))
         out.append(-config.gnb_temperature * d + prior)
         if lda_runs(config, x.shape[-1]):
-            lda, directions = _lda_logits(x, centre, own_var, ncm, config)
+            lda, directions = _lda_logits(x, centre, own_var, offsets, ncm, config)
             out.append(lda + prior)
     if config.ncm_unseen_penalty is not None:
         unseen = (ncm[1] == 0).to(x.dtype)  # [P, E, B]: classes without a labelled example
@@ -196,22 +221,24 @@ def expert_logits(
     return out, directions
 
 
-def _lda_logits(x: Tensor, centre: Tensor, own_var: Tensor, ncm: NCMState, config: VSMLConfig) -> tuple[Tensor, Tensor]:
+def _lda_logits(
+    x: Tensor, centre: Tensor, own_var: Tensor, offsets: Tensor, ncm: NCMState, config: VSMLConfig
+) -> tuple[Tensor, Tensor]:
     """The LDA expert's logits without the class prior [P, E, B], and its refined directions v [P, A, B].
 
     Sigma = (W + nu_l D) / (m + nu_l), D = diag(own_var_a + eps) the features' own variance (without the
     online standardisation's prior; every example holds the same, the first's is used), W [P, A, A] the
     pooled within-class scatter, m the labelled examples; u_b = m_b - c [P, A, B] the shrunk class means
-    about the centre c. v starts from the last step's directions and takes ``lda_iterations`` steps of
-    conjugate gradients on Sigma v = u, preconditioned by Sigma's diagonal, every class its own step
-    sizes (Hestenes & Stiefel 1952). Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant,
-    whose terms common to all classes are dropped (they cancel in the softmax).
+    about the centre c (``class_offsets``, the first example's: every example holds the same). v starts
+    from the last step's directions and takes ``lda_iterations`` steps of conjugate gradients on
+    Sigma v = u, preconditioned by Sigma's diagonal, every class its own step sizes (Hestenes & Stiefel
+    1952). Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant, whose terms
+    common to all classes are dropped (they cancel in the softmax).
     """
-    sums, counts, scatter, v = ncm[0][:, 0], ncm[1][:, 0], ncm[4], ncm[5]  # [P, B, A], [P, B], ...
+    counts, scatter, v = ncm[1][:, 0], ncm[4], ncm[5]  # [P, B], [P, A, A], [P, A, B]
     centre = centre[:, 0]  # [P, A]: every example holds the same moments
     d = own_var[:, 0] + config.online_norm_eps  # [P, A]
-    shrunk = (sums - counts.unsqueeze(-1) * centre.unsqueeze(1)) / (counts + config.ncm_shrink).unsqueeze(-1)
-    u = shrunk.transpose(1, 2)  # [P, A, B]
+    u = offsets[:, 0].transpose(1, 2)  # [P, A, B]
     nu = config.lda_var_prior
     scale = (counts.sum(-1, keepdim=True) + nu).unsqueeze(-1)  # [P, 1, 1]: m + nu
 
