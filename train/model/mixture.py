@@ -44,7 +44,11 @@ With ``config.ncm_unseen_penalty`` = kappa set, the three class-mean
 experts give each class without a labelled example kappa nats less: left
 at the centre, an unseen class is the nearest mean for most inputs, so
 without it they guess the classes they know nothing of (on a table whose
-minority class comes late, for its first examples).
+minority class comes late, for its first examples). With
+``config.ncm_unseen_mirror`` = alpha_u set, such a class does not sit at the
+centre but where it balances the labelled examples around the data's mean
+(``class_offsets``): on two classes, across the centre from the first
+labels, where a linear learner would put it.
 
 The weights w_t are the Bayesian posterior of "expert k is the best
 predictor" under fixed share (Herbster & Warmuth 1998): after each labelled
@@ -141,7 +145,7 @@ def _centre_and_own_var(
 def class_offsets(x_mean: Tensor, centre: Tensor, ncm: NCMState, config: VSMLConfig) -> Tensor:
     """u [P, E, B, A]: each class's mean about the centre c, shrunk toward it by ``ncm_shrink`` pseudo-examples.
 
-    u_b = (S_b - n_b c) / (n_b + kappa), so a class without a labelled example sits at the centre. With
+    u_b = (S_b - n_b c) / (n_b + k), k = ``ncm_shrink``: a class without a labelled example sits at the centre. With
     ``ncm_unseen_mirror`` = alpha_u it sits at the labelled examples' mirror instead: the centre
     c_q = x_mean (the online standardisation's mean, its q prior pseudo-examples at 0) is the mean of
     every class's examples, so the unseen classes, alpha_u pseudo-examples each, balance the labelled
@@ -232,8 +236,8 @@ def _lda_logits(
     about the centre c (``class_offsets``, the first example's: every example holds the same). v starts
     from the last step's directions and takes ``lda_iterations`` steps of conjugate gradients on
     Sigma v = u, preconditioned by Sigma's diagonal, every class its own step sizes (Hestenes & Stiefel
-    1952). Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant, whose terms
-    common to all classes are dropped (they cancel in the softmax).
+    1952). Logits tau_l ((x - c)' v_b - u_b' v_b / 2): LDA's discriminant, whose terms common to all
+    classes are dropped (they cancel in the softmax).
     """
     counts, scatter, v = ncm[1][:, 0], ncm[4], ncm[5]  # [P, B], [P, A, A], [P, A, B]
     centre = centre[:, 0]  # [P, A]: every example holds the same moments
