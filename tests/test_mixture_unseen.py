@@ -1,5 +1,7 @@
 """The unseen-class penalty of the output mixture (``ncm_unseen_penalty``, docs/model.md §3.5).
 
+The config checks here cover the mirror too (``ncm_unseen_mirror``, tests/test_mixture_mirror.py).
+
 The per-cell oracle (tests/test_step.py, config "unseen_penalty") and the
 exported-graph parity (tests/test_export_parity.py, config "lda-mixture")
 cover the step math; here: what the option promises. The class-mean experts'
@@ -35,18 +37,20 @@ def _stream_from_class_0(seed: int, steps: int, a: int, b: int) -> tuple[torch.T
     return x, y
 
 
-@pytest.mark.parametrize("config", ["needs", "zero", "negative", "nan", "inf"])
-def test_config_rejects_a_bad_penalty(config: str) -> None:
-    changes = {
-        "needs": {"ncm_temperature": None, "gnb_temperature": None, "lda_temperature": None},
-        "zero": {"ncm_unseen_penalty": 0.0},
-        "negative": {"ncm_unseen_penalty": -1.0},
-        "nan": {"ncm_unseen_penalty": math.nan},
-        "inf": {"ncm_unseen_penalty": math.inf},
-    }[config]
-    message = "ncm_unseen_penalty needs ncm_temperature" if config == "needs" else "ncm_unseen_penalty must be"
+@pytest.mark.parametrize("option", ["ncm_unseen_penalty", "ncm_unseen_mirror"])
+@pytest.mark.parametrize("bad", ["needs", "zero", "negative", "nan", "inf"])
+def test_config_rejects_a_bad_unseen_class_option(option: str, bad: str) -> None:
+    """The penalty and the mirror (tests/test_mixture_mirror.py): finite and > 0, and only with the mixture."""
+    other = "ncm_unseen_mirror" if option == "ncm_unseen_penalty" else "ncm_unseen_penalty"
+    value = {"zero": 0.0, "negative": -1.0, "nan": math.nan, "inf": math.inf}
+    changes = (
+        {"ncm_temperature": None, "gnb_temperature": None, "lda_temperature": None, other: None}
+        if bad == "needs"
+        else {option: value[bad]}
+    )
+    message = f"{option} needs ncm_temperature" if bad == "needs" else f"{option} must be"
     with pytest.raises(ValueError, match=message):
-        PENALISED.replace(**changes)
+        PENALISED.replace(**{"ncm_unseen_mirror": 2.0, **changes})
 
 
 @pytest.mark.parametrize("seen", [0, 1, 3])
