@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 10's prepared meta-training run for a lent GPU: one device call of at most 600 s.
 #
-# Online truncated BPTT (docs/model.md §6.3) from the shipped default (learner 10; its config, online-norm prior
-# 10, centring prior 0.3 and the three-expert mixture included, comes with --init, so the loss is the mixture's
-# and V_M learns to complement the nearest-class-mean and naive-Bayes experts) with the recipe of learners 6 and 7 at a larger
+# Online truncated BPTT (docs/model.md §6.3) from the shipped default (learner 12; its config, online-norm prior
+# 10, centring prior 0.3 and the four-expert mixture with its unseen-class penalty included, comes with --init, so
+# the loss is the mixture's and V_M learns to complement the nearest-class-mean, naive-Bayes and LDA experts) with the recipe of learners 6 and 7 at a larger
 # scale: MNIST's TRAINING split randomly projected 784 -> 784 (labels permuted per episode) and the synthetic
 # 'tabular' family (32 features, 2 classes, skewed priors, rare indicators; projected to 784 as well, since
 # the task mix projects whole iterations); EPISODES episodes of STEPS steps per iteration, an Adam step every
