@@ -14,6 +14,7 @@ from vsml_train.evaluation.suites import (
     TABULAR_ADAM_GRID,
     TABULAR_SGD_GRID,
     ImageTask,
+    SuiteResult,
     invariance_suite,
     invariance_tasks,
     suite_verdicts,
@@ -38,6 +39,17 @@ class Recorder:
             out[t] = counts
             counts[np.arange(s), y[t]] += 1
         return out
+
+
+class Fixed(Recorder):
+    """Always right (``shift`` 0) or always wrong (``shift`` 1): a learner whose paired differences are known."""
+
+    def __init__(self, name: str, shift: int) -> None:
+        super().__init__(name)
+        self.shift = shift
+
+    def run(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+        return np.eye(n_classes, dtype=np.float32)[(y + self.shift) % n_classes]
 
 
 def toy_tables() -> list:
@@ -140,3 +152,27 @@ def test_vsml_eval_suite_rejects_empty_streams(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="must be >= 1"):
         main([pretrained_path().replace(".onnx", ".pt"), "--suite", "tabular", "--steps", "0", "--out", str(tmp_path)])
+
+
+def test_verdicts_separate_clear_differences_from_ties() -> None:
+    """Paired intervals over the same streams: always right is a clear win, always wrong a clear loss, equal a tie."""
+    right, wrong, copy = Fixed("vsml:right", 0), Fixed("vsml:wrong", 1), Fixed("vsml:copy", 0)
+    r = tabular_suite([right, wrong, copy], tables=toy_tables(), n_steps=60, n_streams=3, seed=2, external=False)
+    assert suite_verdicts(r, "vsml:right")["first_clear_wins"] == ["lin3", "lin2"]
+    assert suite_verdicts(r, "vsml:right")["first_clear_losses"] == []
+    assert suite_verdicts(r, "vsml:wrong")["first_clear_losses"] == ["lin3", "lin2"]
+    assert suite_verdicts(r, "vsml:wrong")["first_clear_wins"] == []
+    tie = r.paired("vsml:right", "vsml:copy")
+    assert all(p.mean == 0 and not (p.low > 0 or p.high < 0) for p in tie.values())
+    sgd = r.tasks["lin2"]["sgd-linear"].summary.accuracy.values
+    np.testing.assert_allclose(r.paired("vsml:wrong", "sgd-linear")["lin2"].values, -np.asarray(sgd))
+    # the invariance suite's verdict reads the same paired intervals against its one SGD
+    inv = SuiteResult("invariance", r.tasks, r.setting, vsml=r.vsml)
+    v_wrong, v_right = suite_verdicts(inv, "vsml:wrong"), suite_verdicts(inv, "vsml:right")
+    assert v_wrong["tasks_clearly_below_sgd"] == v_wrong["tasks_below_sgd"] == ["lin3", "lin2"]
+    assert v_right["tasks_clearly_below_sgd"] == [] and all(m > 0 for m, _, _ in v_right["paired_vs_sgd"].values())
+    # one stream leaves no interval: nothing is called clear, and the JSON has no nan
+    one = tabular_suite([wrong], tables=toy_tables()[:1], n_steps=20, n_streams=1, seed=2, external=False)
+    v_one = suite_verdicts(SuiteResult("invariance", one.tasks, one.setting, vsml=one.vsml), "vsml:wrong")
+    assert v_one["tasks_clearly_below_sgd"] == [] and v_one["paired_vs_sgd"]["lin3"][1] is None
+    json.dumps(v_one, allow_nan=False)

@@ -23,6 +23,7 @@ Dimension letters: T steps, S streams, A features, B classes.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from .baselines import online_adam, online_sgd
 from .external import RiverLogistic, VowpalWabbitOAA, missing_external
 from .harness import EvalResult, StreamsLike, evaluate_one, tune_lr
 from .learners import OnlineLearner
+from .metrics import Estimate, paired_difference
 
 TABULAR_SGD_GRID = (0.01, 0.03, 0.1, 0.3)
 TABULAR_ADAM_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -79,6 +81,15 @@ class SuiteResult:
             mine = getattr(r[learner].summary, metric).mean
             n += all(mine > getattr(r[o].summary, metric).mean for o in others)
         return n
+
+    def paired(self, learner: str, other: str, metric: str = "accuracy") -> dict[str, Estimate]:
+        """{task: per-stream ``learner`` - ``other`` of ``metric``}: both ran on the same streams of each task.
+
+        A paired interval that lies above (below) 0 is a difference the streams
+        show; one that covers 0 is a tie at this many streams (nan with one stream).
+        """
+        return {t: paired_difference(getattr(r[learner].summary, metric), getattr(r[other].summary, metric))
+                for t, r in self.tasks.items()}  # fmt: skip
 
     def markdown(self) -> str:
         """Per-task rows (mean online accuracy and first-k, 95% intervals over streams) and the suite means."""
@@ -256,10 +267,14 @@ def suite_verdicts(result: SuiteResult, learner: str) -> dict[str, Any]:
         fixed = [n for n in ("sgd-linear", "adam-linear") if n in names]
         best_fixed = max(fixed, key=result.mean_accuracy)
         others = [n for n in (best_fixed, "vowpalwabbit-oaa(lr=0.5)") if n in names]
+        firsts = [result.paired(learner, o, "first_accuracy") for o in others]
         return {
             "suite_mean": result.mean_accuracy(learner),
             "baseline_means": {n: result.mean_accuracy(n) for n in names if n not in result.vsml},
             "first_wins": f"{result.wins(learner, others)} of {len(result.tasks)} tasks above {others}",
+            # the same count with the streams' noise: paired 95% intervals above / below 0 against the baselines
+            "first_clear_wins": [t for t in result.tasks if all(p[t].low > 0 for p in firsts)],
+            "first_clear_losses": [t for t in result.tasks if any(p[t].high < 0 for p in firsts)],
         }
     # below by more than float rounding: equal per-stream means are a tie, not a loss
     below = [
@@ -267,4 +282,16 @@ def suite_verdicts(result: SuiteResult, learner: str) -> dict[str, Any]:
         for t, r in result.tasks.items()
         if r[learner].summary.accuracy.mean < r["sgd-linear"].summary.accuracy.mean - 1e-9
     ]
-    return {"tasks_below_sgd": below, "n_tasks": len(result.tasks)}
+    paired = result.paired(learner, "sgd-linear")
+    return {
+        "tasks_below_sgd": below,
+        "n_tasks": len(result.tasks),
+        # paired 95% intervals of learner - SGD: "below" above may be a tie at this many streams; these are not
+        "tasks_clearly_below_sgd": [t for t, p in paired.items() if p.high < 0],
+        "paired_vs_sgd": {t: [_json_number(v) for v in (p.mean, p.low, p.high)] for t, p in paired.items()},
+    }
+
+
+def _json_number(x: float) -> float | None:
+    """Rounded for printing; None where one stream leaves no interval (nan is not JSON)."""
+    return None if math.isnan(x) else round(x, 5)
